@@ -1,0 +1,44 @@
+# Every target sets up what it needs: `make resnet` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: install data test lint resnet lenet clean
+
+install: $(INSTALLED)
+
+# Rebuilt only when the dependencies change; an existing .venv is reused.
+$(INSTALLED): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+# Fashion-MNIST: a local copy, else the official download, else (Debian/Ubuntu, as root)
+# the package dataset-fashion-mnist. Prints where the data came from.
+data: install
+	@$(PY) -m d2lite.fetch 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "no local copy and no download: installing Debian's dataset-fashion-mnist"; \
+	    { apt-get install -y -qq dataset-fashion-mnist || { apt-get update -qq && \
+	      apt-get install -y -qq dataset-fashion-mnist; }; } >/dev/null && $(PY) -m d2lite.fetch; \
+	  else $(PY) -m d2lite.fetch; fi; }
+
+test: install data
+	$(PY) -m pytest -q
+
+lint: install
+	$(PY) -m ruff check d2lite chapters tests
+
+# The main job. Until the ResNet chapter exists it trains LeNet (the only chapter so far).
+resnet: install data
+	@echo "The ResNet chapter is not written yet: running the LeNet chapter instead."
+	$(PY) -m chapters.lenet $(ARGS)
+
+lenet: install data
+	$(PY) -m chapters.lenet $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""One runnable module per book section: `python -m chapters.lenet`."""

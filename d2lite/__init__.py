@@ -1,0 +1,17 @@
+"""d2lite: the D2L book's training framework for JAX, with one fully jitted Trainer.
+
+`import d2lite as d2l` gives the names the book's JAX code uses.
+"""
+from .board import ProgressBoard, ProgressLine
+from .data import DataModule, FashionMNIST, show_images
+from .errors import D2LiteError
+from .hparams import HyperParameters
+from .module import Classifier, Module
+from .trainer import Trainer, TrainState
+from .utils import add_to_class, count_compiles, get_key
+
+__all__ = [
+    "Classifier", "D2LiteError", "DataModule", "FashionMNIST", "HyperParameters", "Module",
+    "ProgressBoard", "ProgressLine", "TrainState", "Trainer", "add_to_class", "count_compiles",
+    "get_key", "show_images",
+]  # fmt: skip

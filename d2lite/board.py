@@ -1,0 +1,250 @@
+"""Training feedback: the book's live loss plot and a one-line terminal progress report."""
+
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+
+def _in_notebook():
+    # Only a kernel can show inline images; a plain IPython terminal cannot.
+    # Checking sys.modules first keeps scripts from importing IPython at all.
+    if "ipykernel" not in sys.modules:
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def _atomic_savefig(fig, path):
+    """Write the figure so that a viewer polling `path` never sees a half-written file."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format=fmt)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class ProgressBoard:
+    """Live plot of training curves, drawn with `draw(x, y, label, every_n)` as in the book.
+
+    Shows inline in a Jupyter kernel; elsewhere rewrites `save_dir/progress.{png,svg}`
+    when `save_dir` is given, and otherwise only records the points in `data`.
+    """
+
+    def __init__(self, xlabel=None, ylabel=None, xlim=None, ylim=None,
+                 xscale="linear", yscale="linear", ls=("-", "--", "-.", ":"),
+                 colors=("C0", "C1", "C2", "C3"), fig=None, axes=None, figsize=(3.5, 2.5),
+                 display=True, save_dir=None):
+        self.xlabel, self.ylabel = xlabel, ylabel
+        self.xlim, self.ylim = xlim, ylim
+        self.xscale, self.yscale = xscale, yscale
+        self.ls, self.colors = tuple(ls), tuple(colors)
+        self.display = display
+        self.save_dir = None if save_dir is None else Path(save_dir)
+        # Our own Figure, never pyplot: no GUI windows and no global figure registry.
+        # A caller's figure keeps its own layout; ours gets one tight_layout per render,
+        # cheaper than a layout engine, which would re-run for each of png and svg.
+        self._own_fig = fig is None and axes is None
+        if axes is not None:
+            fig = axes.figure
+        elif fig is None:
+            fig = Figure(figsize=figsize)
+        self.fig = fig
+        self.axes = axes if axes is not None else (fig.axes[0] if fig.axes else fig.add_subplot())
+        self.data = {}  # label -> [(x, y), ...] as plotted
+        self._pending = {}  # label -> raw points not yet averaged into `data`
+        self._lines = {}
+        self._dirty = set()  # labels whose Line2D lags behind `data`
+        self._announced = False
+
+    def draw(self, x, y, label, every_n=1):
+        pending = self._pending.setdefault(label, [])
+        if label not in self.data:
+            self.data[label] = []
+        pending.append((float(x), float(y)))
+        if len(pending) < every_n:
+            return
+        xs, ys = zip(*pending, strict=True)
+        self.data[label].append((sum(xs) / len(xs), sum(ys) / len(ys)))
+        pending.clear()
+        self._dirty.add(label)
+        self._render()
+
+    def save(self, path):
+        """Write the current figure to `path`; the format follows the suffix (.png, .svg, ...)."""
+        self._sync()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_savefig(self.fig, path)
+
+    def _sync(self):
+        """Bring the matplotlib artists up to date with `data` and the current settings."""
+        ax = self.axes
+        new_label = False
+        for label in self.data:  # dict order = order first seen, so styles are stable
+            if label not in self._lines:
+                i = len(self._lines)
+                style = dict(linestyle=self.ls[i % len(self.ls)],
+                             color=self.colors[i % len(self.colors)])
+                (self._lines[label],) = ax.plot([], [], label=label, **style)
+                new_label = True
+        for label in self._dirty:
+            xs, ys = zip(*self.data[label], strict=True) if self.data[label] else ((), ())
+            self._lines[label].set_data(xs, ys)
+        self._dirty.clear()
+        if new_label:
+            ax.legend()
+        # Read settings now rather than in __init__: the Trainer sets `xlim` afterwards.
+        ax.set_xscale(self.xscale)
+        ax.set_yscale(self.yscale)
+        ax.set_xlabel(self.xlabel or "")
+        ax.set_ylabel(self.ylabel or "")
+        ax.set_autoscalex_on(self.xlim is None)
+        ax.set_autoscaley_on(self.ylim is None)
+        if self.xlim is not None:
+            ax.set_xlim(*self.xlim)
+        if self.ylim is not None:
+            ax.set_ylim(*self.ylim)
+        ax.relim()
+        ax.autoscale_view()
+        if self._own_fig:
+            self.fig.tight_layout()
+
+    def _render(self):
+        if self.display and _in_notebook():
+            from IPython.display import Image, clear_output, display
+
+            self._sync()
+            # PNG bytes rather than display(fig): a bare Figure only renders inline
+            # when matplotlib's inline backend happens to have registered a formatter.
+            buf = io.BytesIO()
+            self.fig.savefig(buf, format="png")
+            display(Image(data=buf.getvalue(), format="png"))
+            clear_output(wait=True)
+        elif self.save_dir is not None:
+            self._sync()
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            for suffix in ("png", "svg"):
+                _atomic_savefig(self.fig, self.save_dir / f"progress.{suffix}")
+            if not self._announced:
+                self._announced = True
+                print(f"live plot: {(self.save_dir / 'progress.png').resolve()}", flush=True)
+
+
+def _hms(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _fmt(value):
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+class ProgressLine:
+    """Terminal progress: a live '\\r' line on a TTY, plus exactly one summary line per epoch.
+
+    Hand-written rather than tqdm: we need the per-epoch summary line in logs and an ETA
+    over all remaining epochs, which would mean fighting tqdm more than using it.
+    """
+
+    def __init__(self, total_epochs, steps_per_epoch, batch_size, stream=None, tty=None,
+                 clock=time.perf_counter, min_interval=0.1):
+        self.total_epochs, self.steps_per_epoch = total_epochs, steps_per_epoch
+        self.batch_size = batch_size
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.clock, self.min_interval = clock, min_interval
+        self.epoch = 0
+        self._start = self._last_step_time = self._last_draw = None
+        self._steps, self._loss, self._width = 0, None, 0
+
+    def start_epoch(self, epoch):
+        self.epoch, self._steps, self._loss = epoch, 0, None
+        self._start = self._last_step_time = self.clock()
+        self._last_draw = None
+
+    def advance(self, steps, loss=None):
+        if self._start is None:
+            self.start_epoch(self.epoch)
+        self._steps += steps
+        self._last_step_time = now = self.clock()
+        if loss is not None:
+            self._loss = float(loss)
+        if not self.tty:
+            return
+        # Throttled so a fast loop does not spend its time writing to the terminal,
+        # but the epoch's final step is always shown.
+        done = self._steps >= self.steps_per_epoch
+        if self._last_draw is not None and now - self._last_draw < self.min_interval and not done:
+            return
+        self._last_draw = now
+        self._write(self._live_text())
+
+    def end_epoch(self, metrics):
+        now = self.clock()
+        if self._start is None:
+            self._start = self._last_step_time = now
+        elapsed = now - self._start
+        parts = [f"epoch {self.epoch + 1}/{self.total_epochs}"]
+        parts += [f"{key} {_fmt(value)}" for key, value in metrics.items()]
+        # Throughput counts training time only, so evaluation after the last step
+        # does not make the model look slower than it trains.
+        rate = self._rate()
+        if rate is not None:
+            parts.append(f"{rate:.0f} ex/s")
+        parts.append(f"{elapsed:.1f} s")
+        remaining = self.total_epochs - self.epoch - 1
+        if remaining > 0:
+            # The whole epoch (validation included) is the best guess for the next ones.
+            parts.append(f"ETA {_hms(remaining * elapsed)}")
+        self._write("  ".join(parts), end="\n")
+        self._start = None
+
+    def close(self):
+        if self._width:  # a live line is still open: do not leave the cursor on it
+            self.stream.write("\n")
+            self.stream.flush()
+            self._width = 0
+
+    def _rate(self):
+        """Training examples per second in this epoch, or None before any timed step."""
+        busy = self._last_step_time - self._start
+        return self._steps * self.batch_size / busy if self._steps and busy > 0 else None
+
+    def _live_text(self):
+        total = max(self.steps_per_epoch, 1)
+        filled = min(10, 10 * self._steps // total)
+        text = (f"epoch {self.epoch + 1}/{self.total_epochs} [{'#' * filled}{'.' * (10 - filled)}]"
+                f" {self._steps}/{self.steps_per_epoch}")
+        if self._loss is not None:
+            text += f" loss {self._loss:.3f}"
+        rate = self._rate()
+        if rate is not None:
+            left = max(total - self._steps, 0)
+            left += (self.total_epochs - self.epoch - 1) * total
+            text += f" {rate:.0f} ex/s ETA {_hms(left * self.batch_size / rate)}"
+        return text
+
+    def _write(self, line, end=""):
+        # Spaces, not an ANSI erase code, clear what is left of the previous live line:
+        # not every terminal or CI log viewer understands the codes.
+        pad = " " * max(self._width - len(line), 0)
+        self.stream.write(("\r" if self.tty else "") + line + pad + end)
+        self.stream.flush()
+        self._width = 0 if end else len(line)

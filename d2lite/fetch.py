@@ -1,0 +1,234 @@
+"""Find, download, verify and read the four Fashion-MNIST IDX files, with NumPy only.
+
+Search order: an explicit `data_dir`, `$D2LITE_DATA`, the user cache, then Debian's package
+dataset-fashion-mnist. Only when none holds all four files do we download (into the first
+writable choice of the same list), using tensorflow-datasets' TensorFlow-free download manager.
+
+    python -m d2lite.fetch [--data-dir DIR]
+"""
+import argparse
+import gzip
+import math
+import os
+import shutil
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .errors import D2LiteError
+
+FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+OFFICIAL_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# (size, sha256) of the official .gz files, as in tfds's url_checksums/fashion_mnist.txt.
+OFFICIAL_CHECKSUMS: dict[str, tuple[int, str]] = {
+    "t10k-images-idx3-ubyte.gz":
+        (4422102, "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+    "t10k-labels-idx1-ubyte.gz":
+        (5148, "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+    "train-images-idx3-ubyte.gz":
+        (26421880, "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+    "train-labels-idx1-ubyte.gz":
+        (29515, "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+}  # fmt: skip
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+ALL_FILES = FILES["train"] + FILES["test"]
+PROBE_TIMEOUT_S = 10
+HOW_TO_GET_DATA = (
+    "pass data_dir= or set D2LITE_DATA to a folder holding the four Fashion-MNIST .gz files, "
+    "or on Debian/Ubuntu `apt-get install dataset-fashion-mnist`, or run `make data`"
+)
+
+
+def user_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "d2lite" / "fashion-mnist"
+
+
+def _candidates(data_dir=None) -> list[tuple[Path, str]]:
+    """The search path, each folder with the words that tell the user where the data came from."""
+    found = []
+    if data_dir is not None:
+        found.append((Path(data_dir).expanduser(), "data_dir"))
+    if os.environ.get("D2LITE_DATA"):
+        found.append((Path(os.environ["D2LITE_DATA"]).expanduser(), "$D2LITE_DATA"))
+    found.append((user_cache_dir(), "user cache"))
+    found.append((DEBIAN_DIR, "Debian package dataset-fashion-mnist"))
+    return found
+
+
+def search_path(data_dir=None) -> list[Path]:
+    return [path for path, _ in _candidates(data_dir)]
+
+
+def _fix_for(path: Path) -> str:
+    # Files from the Debian package are not ours to delete; everything else is re-downloadable.
+    if Path(path).parent == DEBIAN_DIR:
+        return "reinstall it with `apt-get install --reinstall dataset-fashion-mnist`"
+    return "delete it so it is fetched again"
+
+
+def read_idx(path, expected_shape: tuple) -> np.ndarray:
+    """A gzipped IDX file as a uint8 array; `None` in `expected_shape` accepts any size."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise D2LiteError(f"cannot read {path} ({e.strerror or e}); {HOW_TO_GET_DATA}") from e
+    try:
+        if not raw:  # what an interrupted copy leaves; gzip itself would accept it as empty
+            raise EOFError("empty file")
+        data = gzip.decompress(raw)
+    except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as e:
+        raise D2LiteError(f"{path} is truncated or corrupted ({e}); {_fix_for(path)}") from e
+
+    what = {1: "labels", 3: "images"}.get(len(expected_shape), "data")
+    fail = f"{path} is not a Fashion-MNIST {what} file"
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise D2LiteError(f"{fail}: no IDX magic number at its start; {_fix_for(path)}")
+    if data[2] != 0x08:
+        raise D2LiteError(f"{fail}: IDX type 0x{data[2]:02x} is not uint8 (0x08); "
+                          f"{_fix_for(path)}")
+    ndim = data[3]
+    if ndim != len(expected_shape):
+        raise D2LiteError(f"{fail}: magic 0x{int.from_bytes(data[:4], 'big'):08x} means "
+                          f"{ndim}-D, expected {len(expected_shape)}-D {what}; "
+                          "check which file is which, or " + _fix_for(path))
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise D2LiteError(f"{fail}: its header is cut short; {_fix_for(path)}")
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    pairs = zip(shape, expected_shape, strict=True)
+    if any(want is not None and got != want for got, want in pairs):
+        got = " x ".join(map(str, shape))
+        wanted = " x ".join("N" if want is None else str(want) for want in expected_shape)
+        raise D2LiteError(f"{fail}: its shape is {got}, expected {wanted}; {_fix_for(path)}")
+    # An exact byte count catches both a short write and two files glued together.
+    body, promised = len(data) - header, math.prod(shape)
+    if body != promised:
+        problem = "extra" if body > promised else "missing"
+        raise D2LiteError(f"{fail}: {abs(body - promised)} {problem} bytes after the header "
+                          f"(shape {shape} needs {promised}, found {body}); {_fix_for(path)}")
+    # A copy, because a view of the immutable bytes would be read-only for the caller.
+    return np.frombuffer(data, np.uint8, offset=header).reshape(shape).copy()
+
+
+def read_split(directory, split) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 28, 28) and labels (N,) of `split` ("train" or "test"), both uint8."""
+    if split not in FILES:
+        raise D2LiteError(f"unknown split {split!r}; use one of {sorted(FILES)}")
+    images_name, labels_name = FILES[split]
+    images = read_idx(Path(directory) / images_name, (None, 28, 28))
+    labels = read_idx(Path(directory) / labels_name, (None,))
+    if len(images) != len(labels):
+        raise D2LiteError(f"{directory}: {len(images)} {split} images but {len(labels)} labels; "
+                          "the two files come from different sources, delete both to fetch again")
+    if labels.size and labels.max() > 9:
+        raise D2LiteError(f"{Path(directory) / labels_name} has label {labels.max()}, expected "
+                          f"0..9; {_fix_for(Path(directory) / labels_name)}")
+    return images, labels
+
+
+def _probe(url: str) -> None:
+    # tfds's requests session retries a refused connection 10 times with exponential backoff
+    # (about 200 s) and sets no timeout, so we check reachability ourselves, once, with one.
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
+                               timeout=PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError as e:
+        e.close()
+        if e.code != 405:  # a server that only refuses HEAD may still serve the GET
+            raise D2LiteError(f"downloading {url} failed (HTTP {e.code}: wrong URL?); "
+                              f"{HOW_TO_GET_DATA}") from e
+    except OSError as e:
+        reason = getattr(e, "reason", None) or e
+        raise D2LiteError(f"downloading {url} failed ({reason}): no network? "
+                          f"{HOW_TO_GET_DATA}") from e
+
+
+def _download(dest: Path, base_url: str, checksums: dict) -> None:
+    """Downloads all four files, moving them into `dest` only once every one is verified."""
+    import tensorflow_datasets as tfds  # slow to import: only when we really download
+    from tensorflow_datasets.core.download.checksums import UrlInfo
+    from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
+    from tensorflow_datasets.core.download.util import DownloadError
+
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".download.tmp.", dir=dest))
+    except OSError as e:
+        raise D2LiteError(f"cannot write to {dest} ({e.strerror or e}); "
+                          "pass data_dir= or set D2LITE_DATA to a writable folder") from e
+    urls = {name: base_url.rstrip("/") + "/" + name for name in ALL_FILES}
+    try:
+        # Every file tfds writes (its `*.tmp.*` folders, `.INFO` files, `extracted/`) stays in
+        # `tmp`, which goes away below whatever happens; a file mismatching its checksum too.
+        manager = tfds.download.DownloadManager(
+            download_dir=tmp, force_checksums_validation=True,
+            url_infos={url: UrlInfo(size=tfds.core.units.Size(checksums[name][0]),
+                                    checksum=checksums[name][1], filename=name)
+                       for name, url in urls.items()})
+        downloaded = {}
+        for name, url in urls.items():
+            _probe(url)
+            try:
+                downloaded[name] = Path(manager.download(url))
+            except NonMatchingChecksumError as e:
+                raise D2LiteError(f"{name} downloaded from {url} does not match its checksum "
+                                  "(a wrong or tampered mirror?); try again later or "
+                                  f"{HOW_TO_GET_DATA}") from e
+            except (DownloadError, OSError) as e:  # requests' errors are OSErrors
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise D2LiteError(f"downloading {url} failed ({reason}): no network? "
+                                  f"{HOW_TO_GET_DATA}") from e
+        for name, path in downloaded.items():
+            os.replace(path, dest / name)  # same file system, so atomic
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fetch(data_dir=None, *, base_url=None, checksums=None) -> tuple[Path, str]:
+    """(folder holding the four files, one line saying where they came from)."""
+    candidates = _candidates(data_dir)
+    for directory, label in candidates:
+        if all((directory / name).is_file() for name in ALL_FILES):
+            where = f"{label}={directory}" if label.startswith("$") else f"{directory} ({label})"
+            return directory, f"found in {where}"
+    # The first candidate is data_dir, else $D2LITE_DATA, else the cache: never Debian's.
+    dest = candidates[0][0]
+    base_url = base_url or os.environ.get("D2LITE_DATA_URL") or OFFICIAL_URL
+    _download(dest, base_url, OFFICIAL_CHECKSUMS if checksums is None else checksums)
+    return dest, f"downloaded from {base_url} to {dest}"
+
+
+def load(data_dir=None, **fetch_kwargs) -> dict:
+    """{"train": (X, y), "test": (X, y), "source": where the files came from}."""
+    directory, source = fetch(data_dir, **fetch_kwargs)
+    return {split: read_split(directory, split) for split in FILES} | {"source": source}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser("python -m d2lite.fetch", description=__doc__.split(".")[0])
+    parser.add_argument("--data-dir", help="folder to look in first (and download into)")
+    args = parser.parse_args(argv)
+    try:
+        data = load(args.data_dir)
+    except D2LiteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(data["source"])
+    for split in FILES:
+        images, labels = data[split]
+        print(f"{split}: images {images.shape} {images.dtype}, labels {labels.shape}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Small helpers the book's code calls by name, and a compilation counter."""
+import contextlib
+
+import jax
+
+_key = None
+
+
+def add_to_class(Class):
+    """Register the decorated function as a method of `Class` (the book's notebook idiom)."""
+
+    def wrapper(obj):
+        setattr(Class, obj.__name__, obj)
+        return obj
+
+    return wrapper
+
+
+def get_key():
+    """A fresh PRNG key from a module-wide stream seeded with 0, like the book's `d2l.get_key`."""
+    global _key
+    if _key is None:  # created lazily: importing d2lite must not touch a device
+        _key = jax.random.PRNGKey(0)
+    _key, subkey = jax.random.split(_key)
+    return subkey
+
+
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_compiles = 0
+_listening = False
+
+
+def _on_event(event, duration, **kwargs):
+    global _compiles
+    if event == _COMPILE_EVENT:
+        _compiles += 1
+
+
+class CompileCount:
+    """How many XLA compilations happened inside a `count_compiles()` block."""
+
+    def __init__(self):
+        self._start = _compiles
+        self._end = None
+
+    @property
+    def count(self):
+        return (_compiles if self._end is None else self._end) - self._start
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Count backend compilations with JAX's own monitoring events.
+
+    >>> with count_compiles() as compiles:
+    ...     step(state)
+    >>> compiles.count
+    """
+    global _listening
+    if not _listening:  # one process-wide listener; JAX offers no way to remove one
+        jax.monitoring.register_event_duration_secs_listener(_on_event)
+        _listening = True
+    counter = CompileCount()
+    try:
+        yield counter
+    finally:
+        counter._end = _compiles

@@ -1,0 +1,64 @@
+"""The LeNet chapter: the book's shapes, its parameter count, learning on real data, the CLI."""
+import jax
+import pytest
+
+import d2lite as d2l
+from chapters import lenet
+
+BOOK_SHAPES = [  # D2L 7.6, on a (1, 28, 28, 1) input
+    ("Conv", (1, 28, 28, 6)), ("sigmoid", (1, 28, 28, 6)), ("lambda", (1, 14, 14, 6)),
+    ("Conv", (1, 10, 10, 16)), ("sigmoid", (1, 10, 10, 16)), ("lambda", (1, 5, 5, 16)),
+    ("lambda", (1, 400)), ("Dense", (1, 120)), ("sigmoid", (1, 120)), ("Dense", (1, 84)),
+    ("sigmoid", (1, 84)), ("Dense", (1, 10)),
+]  # fmt: skip
+
+
+def test_layer_summary_matches_the_book():
+    assert lenet.LeNet().layer_summary((1, 28, 28, 1)) == BOOK_SHAPES
+
+
+def test_parameter_count():
+    variables = lenet.LeNet().init(jax.random.PRNGKey(0), jax.numpy.zeros((1, 28, 28, 1)))
+    count = sum(p.size for p in jax.tree.leaves(variables["params"]))
+    # conv 6*25+6, conv 16*6*25+16, dense 400*120+120, 120*84+84, 84*10+10
+    assert count == 156 + 2416 + 48120 + 10164 + 850 == 61706
+
+
+def test_lenet_learns_fashion_mnist(tmp_path):
+    data = d2l.FashionMNIST(batch_size=128, num_train=128 * 50, num_val=1000)
+    trainer = d2l.Trainer(max_epochs=2, out_dir=str(tmp_path), progress=False,
+                          steps_per_dispatch=10)  # fmt: skip
+    trainer.fit(lenet.LeNet(), data)  # the chapter's defaults, 100 steps
+    assert trainer.num_val_examples == 1000
+    assert trainer.history[-1]["val_acc"] > 0.5  # chance is 0.10
+    assert trainer.history[-1]["train_loss"] < 0.7 * trainer.history[0]["train_loss"]
+
+
+def test_quick_run_through_main(tmp_path, capsys):
+    assert lenet.main(["--quick", "--out-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "progress.png").is_file() and (tmp_path / "progress.svg").is_file()
+    captured = capsys.readouterr()
+    assert "epoch 2/2" in captured.err and "found in" in captured.out
+
+
+def test_too_small_resize_is_a_one_line_error(tmp_path, capsys):
+    assert lenet.main(["--quick", "--resize", "8", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: LeNet cannot run on inputs of shape (1, 8, 8, 1)")
+    assert "use a larger resize" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("flag", ["--batch-size=0", "--epochs=-1", "--lr=abc"])
+def test_bad_flags_exit_with_usage(flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        lenet.main([flag])
+    assert exit_info.value.code == 2
+    assert "expected a positive" in capsys.readouterr().err
+
+
+def test_help_lists_the_flags(capsys):
+    with pytest.raises(SystemExit):
+        lenet.main(["--help"])
+    out = capsys.readouterr().out
+    for flag in ["--epochs", "--batch-size", "--lr", "--resize", "--data-dir", "--out-dir", "--quick"]:
+        assert flag in out

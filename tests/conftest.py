@@ -1,0 +1,63 @@
+"""Shared test fixtures: a tiny synthetic classification task and a tiny CNN."""
+import numpy as np
+import pytest
+from flax import linen as nn
+
+import d2lite as d2l
+
+
+class Blobs(d2l.DataModule):
+    """3 classes: noise images with one of three horizontal bands brightened."""
+
+    num_classes = 3
+
+    def __init__(self, num_train=256, num_val=70, batch_size=32, seed=0):
+        self.save_hyperparameters()
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, 3, size=num_train + num_val).astype(np.int32)
+        X = rng.normal(size=(num_train + num_val, 8, 8)).astype(np.float32)
+        rows = np.arange(8)[None, :] // 3 == y[:, None]  # bands of rows 0-2, 3-5, 6-7
+        X += 0.7 * rows[:, :, None]
+        self.X, self.y = X, y
+
+    def arrays(self, train):
+        rows = slice(0, self.num_train) if train else slice(self.num_train, None)
+        return self.X[rows], self.y[rows]
+
+    def preprocess(self, batch):
+        X, y = batch
+        return X[..., None], y
+
+
+class TinyCNN(d2l.Classifier):
+    lr: float = 0.1
+    num_classes: int = 3
+    training: bool = True
+    use_bn: bool = True
+    dropout: float = 0.0
+
+    def setup(self):
+        layers = [nn.Conv(4, (3, 3))]
+        if self.use_bn:
+            layers.append(nn.BatchNorm(use_running_average=not self.training))
+        layers += [nn.relu, lambda x: x.reshape((x.shape[0], -1))]
+        if self.dropout:
+            layers.append(nn.Dropout(self.dropout, deterministic=not self.training))
+        layers.append(nn.Dense(self.num_classes))
+        self.net = nn.Sequential(layers)
+
+
+@pytest.fixture
+def blobs():
+    return Blobs()
+
+
+@pytest.fixture
+def quiet_trainer(tmp_path):
+    """A Trainer factory with no terminal output and the plot in a temporary folder."""
+
+    def make(**kwargs):
+        kwargs.setdefault("max_epochs", 2)
+        return d2l.Trainer(out_dir=str(tmp_path / "run"), progress=False, **kwargs)
+
+    return make

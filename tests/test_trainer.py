@@ -1,0 +1,182 @@
+"""The Trainer on tiny synthetic data: learning, clipping, BatchNorm, exact validation, compiles."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import Blobs, TinyCNN
+
+import d2lite as d2l
+
+
+def test_loss_falls_and_history_is_recorded(blobs, quiet_trainer):
+    trainer = quiet_trainer(max_epochs=4)
+    trainer.fit(TinyCNN(), blobs)
+    losses = [record["train_loss"] for record in trainer.history]
+    assert len(trainer.history) == 4
+    assert losses[-1] < 0.8 * losses[0]
+    assert trainer.history[-1]["val_acc"] > 0.6  # chance is about 1/3
+    assert trainer.state.step == 4 * (256 // 32)
+
+
+def test_steps_per_dispatch_gives_the_same_training(blobs, quiet_trainer):
+    one = quiet_trainer(max_epochs=2)
+    one.fit(TinyCNN(), blobs)
+    chunked = quiet_trainer(max_epochs=2, steps_per_dispatch=3)  # 8 steps: chunks 3, 3, 2
+    chunked.fit(TinyCNN(), blobs)
+    for a, b in zip(jax.tree.leaves(one.state.params), jax.tree.leaves(chunked.state.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert one.history[-1]["val_loss"] == pytest.approx(chunked.history[-1]["val_loss"], rel=1e-5)
+
+
+def test_gradient_clipping_bounds_the_update(blobs, quiet_trainer):
+    def first_update(clip):
+        trainer = quiet_trainer(max_epochs=1, limit_train_batches=1, gradient_clip_val=clip)
+        trainer.fit(TinyCNN(lr=0.5, use_bn=False), blobs)
+        start = trainer.init_state(jax.random.split(jax.random.PRNGKey(0))[0]).params
+        deltas = jax.tree.map(lambda a, b: a - b, trainer.state.params, start)
+        return float(optax.tree.norm(deltas))
+
+    unclipped, clipped = first_update(0), first_update(1e-3)
+    # SGD moves by lr * min(1, clip / |g|) * |g|: exactly lr * clip once clipping bites.
+    assert clipped == pytest.approx(0.5 * 1e-3, rel=1e-3)
+    assert unclipped > 100 * clipped
+
+
+def test_batchnorm_statistics_update_in_training_and_drive_evaluation(blobs, quiet_trainer):
+    trainer = quiet_trainer(max_epochs=1)
+    trainer.fit(TinyCNN(), blobs)
+    stats = trainer.state.batch_stats["net"]["layers_1"]
+    assert not np.allclose(stats["mean"], 0) and not np.allclose(stats["var"], 1)
+
+    # Evaluation uses the running statistics: changing them changes the validation loss.
+    before = trainer.evaluate()
+    shifted = jax.tree.map(lambda v: v + 1.0, trainer.state.batch_stats)
+    trainer.state = trainer.state.replace(batch_stats=shifted)
+    assert trainer.evaluate()["loss"] != pytest.approx(before["loss"], rel=1e-3)
+
+
+def test_validation_counts_every_example_exactly_once(quiet_trainer):
+    data = Blobs(num_val=70, batch_size=32)  # 70 = 2 * 32 + 6: the last batch is padded
+    trainer = quiet_trainer(max_epochs=1)
+    trainer.fit(TinyCNN(), data)
+    assert trainer.num_val_examples == 70 and trainer.num_val_batches == 3
+
+    X, y = data.preprocess(data.arrays(False))
+    eval_model = TinyCNN(training=False)
+    variables = {"params": trainer.state.params, "batch_stats": trainer.state.batch_stats}
+    logits = eval_model.apply(variables, X)
+    expected_loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    expected_acc = (logits.argmax(-1) == y).mean()
+    metrics = trainer.evaluate()
+    assert metrics["loss"] == pytest.approx(float(expected_loss), rel=1e-5)
+    assert metrics["acc"] == pytest.approx(float(expected_acc), abs=1e-6)
+
+
+def test_no_compilation_after_the_first_epoch(blobs, tmp_path):
+    class CountingTrainer(d2l.Trainer):
+        def fit_epoch(self):
+            with d2l.count_compiles() as compiles:
+                super().fit_epoch()  # includes the evaluation in eval mode
+            self.compiles_per_epoch.append(compiles.count)
+
+    trainer = CountingTrainer(max_epochs=3, steps_per_dispatch=3, out_dir=str(tmp_path),
+                              progress=False)  # fmt: skip
+    trainer.compiles_per_epoch = []
+    trainer.fit(TinyCNN(dropout=0.2), blobs)
+    assert trainer.compiles_per_epoch[0] > 0  # the counter does see compilations
+    assert trainer.compiles_per_epoch[1:] == [0, 0]
+
+
+def test_dropout_gets_a_fresh_key_every_step(blobs, quiet_trainer):
+    seen = []
+
+    class KeyRecorder(TinyCNN):
+        def training_step(self, params, batch, state):
+            jax.debug.callback(lambda key: seen.append(np.asarray(key)), state.dropout_rng)
+            return super().training_step(params, batch, state)
+
+    quiet_trainer(max_epochs=1, limit_train_batches=3).fit(KeyRecorder(dropout=0.5), blobs)
+    jax.effects_barrier()
+    assert len(seen) == 3 and len({key.tobytes() for key in seen}) == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_epochs": 0}, "max_epochs must be a positive integer"),
+        ({"max_epochs": -3}, "max_epochs must be a positive integer"),
+        ({"max_epochs": 2.5}, "max_epochs must be a positive integer"),
+        ({"max_epochs": 1, "gradient_clip_val": -1}, "gradient_clip_val must be >= 0"),
+        ({"max_epochs": 1, "steps_per_dispatch": 0}, "steps_per_dispatch must be a positive"),
+    ],
+)
+def test_bad_trainer_settings_are_refused(kwargs, message):
+    with pytest.raises(d2l.D2LiteError, match=message):
+        d2l.Trainer(**kwargs)
+
+
+def test_batch_size_larger_than_the_data_is_refused(quiet_trainer):
+    with pytest.raises(d2l.D2LiteError, match=r"batch_size 300 is larger than the 256 training"):
+        quiet_trainer().fit(TinyCNN(), Blobs(batch_size=300))
+
+
+def test_model_output_must_match_the_number_of_classes(blobs, quiet_trainer):
+    with pytest.raises(d2l.D2LiteError, match=r"outputs shape \(32, 5\) but Blobs has 3 classes"):
+        quiet_trainer().fit(TinyCNN(num_classes=5), blobs)
+
+
+def test_inputs_too_small_for_the_model_are_refused(quiet_trainer):
+    from flax import linen as nn
+
+    class NeedsBigInputs(d2l.Classifier):
+        lr: float = 0.1
+
+        def setup(self):
+            self.net = nn.Sequential([
+                nn.Conv(4, (5, 5), padding="VALID"),
+                lambda x: nn.avg_pool(x, (2, 2), strides=(2, 2)),
+                nn.Conv(4, (5, 5), padding="VALID"),
+                lambda x: x.reshape((x.shape[0], -1)),
+                nn.Dense(3),
+            ])  # fmt: skip
+
+    with pytest.raises(d2l.D2LiteError, match="use a larger resize"):
+        quiet_trainer().fit(NeedsBigInputs(), Blobs())
+
+
+def test_a_nonfinite_loss_stops_training(blobs, quiet_trainer):
+    with pytest.raises(d2l.D2LiteError, match=r"training loss is nan in epoch 1: lower the learning"):
+        quiet_trainer(max_epochs=3).fit(TinyCNN(lr=1e30, use_bn=False), blobs)
+
+
+def test_book_style_dataloader_modules_train_too(quiet_trainer):
+    class Line(d2l.DataModule):  # the book's synthetic regression data, host batches only
+        def __init__(self, batch_size=32):
+            self.save_hyperparameters()
+            rng = np.random.default_rng(0)
+            self.X = rng.normal(size=(1000, 2)).astype(np.float32)
+            self.y = (self.X @ np.array([2.0, -3.4]) + 4.2)[:, None].astype(np.float32)
+
+        def get_dataloader(self, train):
+            rows = slice(0, 800) if train else slice(800, None)
+            return self.get_tensorloader((self.X, self.y), train, rows)
+
+    class LinearRegression(d2l.Module):
+        lr: float = 0.03
+
+        def setup(self):
+            from flax import linen as nn
+
+            self.net = nn.Dense(1)
+
+        def loss(self, y_hat, y, averaged=True):
+            losses = 0.5 * (y_hat - y) ** 2
+            return losses.mean() if averaged else losses
+
+    trainer = quiet_trainer(max_epochs=10)
+    trainer.fit(LinearRegression(), Line())
+    kernel = trainer.state.params["net"]["kernel"].reshape(-1)
+    np.testing.assert_allclose(kernel, [2.0, -3.4], atol=0.05)
+    assert trainer.history[-1]["val_loss"] < 1e-3
+    assert jnp.isfinite(trainer.state.params["net"]["bias"]).all()
