@@ -1,0 +1,161 @@
+"""ResNet in Flax NNX, trained by the same d2lite Trainer (D2L 8.6 in the newer Flax API).
+
+The book writes its models with Flax Linen. Flax's newer NNX API holds parameters and
+BatchNorm statistics in ordinary Python objects and passes the train/eval mode explicitly
+(`model(x, train=False)`). The residual and bottleneck blocks here follow the ResNet paper;
+the network has the ResNet-18 layout of the Linen chapter (stem, four stages, global
+average pool), so the two APIs can be compared on the same data. It trains with AdamW
+(lr 1e-3, weight decay 1e-4) through `d2lite.NNXClassifier`, an adapter over Flax's
+NNX-to-Linen bridge: one Trainer for both APIs.
+
+    python -m chapters.resnet_nnx            # 10 epochs, 96x96, batch 128
+    python -m chapters.resnet_nnx --quick
+"""
+import sys
+from functools import partial
+
+import jax.numpy as jnp
+from flax import nnx
+from flax.core import FrozenDict
+
+from d2lite.cli import chapter_parser, run_main, train_chapter
+from d2lite.nnx_adapter import NNXClassifier
+
+
+class ResidualBlock(nnx.Module):
+    """Two 3x3 convolutions and a skip; a 1x1 projection when stride or width change."""
+
+    expansion = 1
+
+    def __init__(self, in_features, features, strides=1, *, rngs):
+        conv = partial(nnx.Conv, padding="SAME", use_bias=False, rngs=rngs)
+        self.conv1 = conv(in_features, features, (3, 3), strides=strides)
+        self.bn1 = nnx.BatchNorm(features, rngs=rngs)
+        self.conv2 = conv(features, features, (3, 3))
+        self.bn2 = nnx.BatchNorm(features, rngs=rngs)
+        project = strides != 1 or in_features != features
+        self.projection = conv(in_features, features, (1, 1), strides=strides) if project else None
+        self.projection_bn = nnx.BatchNorm(features, rngs=rngs) if project else None
+
+    def __call__(self, x, *, train):
+        out = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
+        out = self.bn2(self.conv2(out), use_running_average=not train)
+        if self.projection is not None:
+            x = self.projection_bn(self.projection(x), use_running_average=not train)
+        return nnx.relu(out + x)  # add first, then activate
+
+
+class BottleneckBlock(nnx.Module):
+    """1x1 reduce, 3x3, 1x1 expand (4x): the block of ResNet-50 and deeper."""
+
+    expansion = 4
+
+    def __init__(self, in_features, features, strides=1, *, rngs):
+        conv = partial(nnx.Conv, padding="SAME", use_bias=False, rngs=rngs)
+        out_features = features * self.expansion
+        self.conv1 = conv(in_features, features, (1, 1))
+        self.bn1 = nnx.BatchNorm(features, rngs=rngs)
+        self.conv2 = conv(features, features, (3, 3), strides=strides)
+        self.bn2 = nnx.BatchNorm(features, rngs=rngs)
+        self.conv3 = conv(features, out_features, (1, 1))
+        # Zero scale: each block starts as the identity, which helps deep networks train.
+        self.bn3 = nnx.BatchNorm(out_features, scale_init=nnx.initializers.zeros_init(), rngs=rngs)
+        project = strides != 1 or in_features != out_features
+        self.projection = conv(in_features, out_features, (1, 1), strides=strides) if project else None
+        self.projection_bn = nnx.BatchNorm(out_features, rngs=rngs) if project else None
+
+    def __call__(self, x, *, train):
+        out = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
+        out = nnx.relu(self.bn2(self.conv2(out), use_running_average=not train))
+        out = self.bn3(self.conv3(out), use_running_average=not train)
+        if self.projection is not None:
+            x = self.projection_bn(self.projection(x), use_running_average=not train)
+        return nnx.relu(out + x)
+
+
+class Stem(nnx.Module):
+    """7x7/2 convolution, BatchNorm, ReLU, 3x3/2 max pool: a quarter of the resolution."""
+
+    def __init__(self, in_features, features, *, rngs):
+        self.conv = nnx.Conv(in_features, features, (7, 7), strides=2, padding="SAME", rngs=rngs)
+        self.bn = nnx.BatchNorm(features, rngs=rngs)
+
+    def __call__(self, x, *, train):
+        x = nnx.relu(self.bn(self.conv(x), use_running_average=not train))
+        return nnx.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME")
+
+
+class Stage(nnx.Module):
+    def __init__(self, block_cls, num_blocks, in_features, features, strides, *, rngs):
+        blocks = []
+        for i in range(num_blocks):
+            blocks.append(block_cls(in_features, features, strides if i == 0 else 1, rngs=rngs))
+            in_features = features * block_cls.expansion
+        self.blocks = nnx.List(blocks)
+
+    def __call__(self, x, *, train):
+        for block in self.blocks:
+            x = block(x, train=train)
+        return x
+
+
+class Head(nnx.Module):
+    """Global average pooling, so any input size works, then the classifier."""
+
+    def __init__(self, in_features, num_classes, *, rngs):
+        self.fc = nnx.Linear(in_features, num_classes, rngs=rngs)
+
+    def __call__(self, x, *, train):
+        return self.fc(jnp.mean(x, axis=(1, 2)))
+
+
+class ResNet(nnx.Module):
+    def __init__(self, stage_sizes=(2, 2, 2, 2), block_cls=ResidualBlock, num_classes=10,
+                 in_features=1, width=64, *, rngs):  # fmt: skip
+        layers = [Stem(in_features, width, rngs=rngs)]
+        features = width
+        for i, num_blocks in enumerate(stage_sizes):
+            stage_width = width * 2**i
+            layers.append(Stage(block_cls, num_blocks, features, stage_width,
+                                1 if i == 0 else 2, rngs=rngs))  # fmt: skip
+            features = stage_width * block_cls.expansion
+        layers.append(Head(features, num_classes, rngs=rngs))
+        self.layers = nnx.List(layers)
+
+    def __call__(self, x, *, train=True):
+        for layer in self.layers:
+            x = layer(x, train=train)
+        return x
+
+
+def resnet18_nnx(lr=1e-3, **kwargs):
+    """ResNet-18 (basic blocks, stages 2-2-2-2) in NNX, as a d2lite classifier."""
+    return NNXClassifier(nnx_class=ResNet, nnx_kwargs=FrozenDict(kwargs), lr=lr)
+
+
+def resnet50_nnx(lr=1e-3, **kwargs):
+    """ResNet-50 (bottleneck blocks, stages 3-4-6-3) in NNX, as a d2lite classifier."""
+    kwargs = {"stage_sizes": (3, 4, 6, 3), "block_cls": BottleneckBlock} | kwargs
+    return NNXClassifier(nnx_class=ResNet, nnx_kwargs=FrozenDict(kwargs), lr=lr)
+
+
+def parser():
+    p = chapter_parser("resnet_nnx", __doc__.splitlines()[0], epochs=10, batch_size=128,
+                       lr=1e-3, resize=96)  # fmt: skip
+    p.add_argument("--width", type=int, default=64, help="channels of the first stage (doubling after)")
+    return p
+
+
+def run(argv=None):
+    args = parser().parse_args(argv)
+    model = resnet18_nnx(lr=args.lr, width=args.width)
+    model.layer_summary((1, args.resize, args.resize, 1))
+    return train_chapter(args, model)
+
+
+def main(argv=None):
+    return run_main(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
