@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install data test lint resnet lenet clean
+.PHONY: install data test lint bench resnet lenet clean
 
 install: $(INSTALLED)
 
@@ -28,6 +28,15 @@ data: install
 
 test: install data
 	$(PY) -m pytest -q
+
+# Speed side by side: d2lite vs a pure jitted step, the book's loop and PyTorch (installed here).
+BENCH_INSTALLED := $(VENV)/.bench-installed
+$(BENCH_INSTALLED): pyproject.toml $(INSTALLED)
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	@touch $@
+
+bench: $(BENCH_INSTALLED) data
+	$(PY) -m bench.bench $(ARGS)
 
 lint: install
 	$(PY) -m ruff check d2lite chapters tests

@@ -7,11 +7,12 @@ from .data import DataModule, FashionMNIST, show_images
 from .errors import D2LiteError
 from .hparams import HyperParameters
 from .module import Classifier, Module
+from .nnx_adapter import NNXClassifier
 from .trainer import Trainer, TrainState
 from .utils import add_to_class, count_compiles, get_key
 
 __all__ = [
-    "Classifier", "D2LiteError", "DataModule", "FashionMNIST", "HyperParameters", "Module",
+    "Classifier", "D2LiteError", "DataModule", "FashionMNIST", "HyperParameters", "Module", "NNXClassifier",
     "ProgressBoard", "ProgressLine", "TrainState", "Trainer", "add_to_class", "count_compiles",
     "get_key", "show_images",
 ]  # fmt: skip

@@ -27,25 +27,31 @@ def get_key():
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _compiles = 0
+_compile_seconds = 0.0
 _listening = False
 
 
 def _on_event(event, duration, **kwargs):
-    global _compiles
+    global _compiles, _compile_seconds
     if event == _COMPILE_EVENT:
         _compiles += 1
+        _compile_seconds += duration
 
 
 class CompileCount:
-    """How many XLA compilations happened inside a `count_compiles()` block."""
+    """How many XLA compilations, and how many seconds of them, a `count_compiles()` block saw."""
 
     def __init__(self):
-        self._start = _compiles
+        self._start = (_compiles, _compile_seconds)
         self._end = None
 
     @property
     def count(self):
-        return (_compiles if self._end is None else self._end) - self._start
+        return (_compiles if self._end is None else self._end[0]) - self._start[0]
+
+    @property
+    def seconds(self):
+        return (_compile_seconds if self._end is None else self._end[1]) - self._start[1]
 
 
 @contextlib.contextmanager
@@ -64,4 +70,4 @@ def count_compiles():
     try:
         yield counter
     finally:
-        counter._end = _compiles
+        counter._end = (_compiles, _compile_seconds)
