@@ -278,7 +278,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per method (default: 60 for LeNet, 4 for ResNet-18)")  # fmt: skip
     parser.add_argument("--steps-per-dispatch", type=int, default=None,
-                        help="d2lite's steps per jitted call (default: 20 for LeNet, 1 for ResNet-18)")  # fmt: skip
+                        help="d2lite steps per jitted call (default: 20 LeNet, 1 ResNet-18)")  # fmt: skip
     parser.add_argument("--child", dest="method", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.method:
