@@ -30,8 +30,9 @@ def for_evaluation(model):
 class Module(nn.Module, HyperParameters):
     """The base class of models: a Flax Linen module with the book's training vocabulary."""
 
-    plot_train_per_epoch: int = 2
-    plot_valid_per_epoch: int = 1
+    # Keyword-only, so that subclasses may declare required fields such as `lr: float`.
+    plot_train_per_epoch: int = dataclasses.field(default=2, kw_only=True)
+    plot_valid_per_epoch: int = dataclasses.field(default=1, kw_only=True)
 
     def loss(self, Y_hat, Y, averaged=True):
         raise NotImplementedError
@@ -109,20 +110,25 @@ class Classifier(Module):
 
     def layer_summary(self, X_shape, key=None):
         """Print the output shape of each top-level layer of `self.net`; return the pairs."""
-        X = jnp.zeros(X_shape)
         model = for_evaluation(self)  # same shapes, and neither dropout keys nor stat updates
+        key = get_key() if key is None else key
+        summary = []
+
+        def trace(X):  # abstract: no parameter is drawn and no convolution compiled
+            bound = model.bind(model.init(key, X))
+            for layer in bound.net.layers:
+                X = layer(X)
+                summary.append((layer_name(layer), X.shape))
+            return X
+
         try:
-            variables = model.init(get_key() if key is None else key, X)
+            jax.eval_shape(trace, jax.ShapeDtypeStruct(tuple(X_shape), jnp.float32))
         except (TypeError, ValueError, ZeroDivisionError) as error:
             raise input_error(self, X_shape, error) from error
-        bound = model.bind(variables)
-        summary = []
-        for layer in bound.net.layers:
-            X = layer(X)
-            summary.append((layer_name(layer), X.shape))
-            print(f"{summary[-1][0]} output shape:\t {X.shape}")
-            if 0 in X.shape:
-                raise input_error(self, X_shape, f"{summary[-1][0]} outputs shape {X.shape}")
+        for name, shape in summary:
+            print(f"{name} output shape:\t {shape}")
+            if 0 in shape:
+                raise input_error(self, X_shape, f"{name} outputs shape {shape}")
         return summary
 
 
