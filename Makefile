@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install data test lint bench resnet lenet clean
+.PHONY: install data test lint bench report clean all
 
 install: $(INSTALLED)
 
@@ -41,13 +41,24 @@ bench: $(BENCH_INSTALLED) data
 lint: install
 	$(PY) -m ruff check d2lite chapters tests
 
-# The main job. Until the ResNet chapter exists it trains LeNet (the only chapter so far).
+# The main job: ResNet-18 on Fashion-MNIST 96x96 (D2L 8.6), 10 epochs, batch 128.
 resnet: install data
-	@echo "The ResNet chapter is not written yet: running the LeNet chapter instead."
-	$(PY) -m chapters.lenet $(ARGS)
+	$(PY) -m chapters.resnet $(ARGS)
 
-lenet: install data
-	$(PY) -m chapters.lenet $(ARGS)
+# One target per chapter, in the book's order: `make vgg ARGS="--epochs 2"`.
+CHAPTERS := linear_regression softmax_regression lenet alexnet vgg nin googlenet batchnorm \
+            resnet resnext densenet regnet resnet_nnx
+.PHONY: $(CHAPTERS)
+$(filter-out resnet,$(CHAPTERS)): install data
+	$(PY) -m chapters.$@ $(ARGS)
 
+# Every chapter with its defaults: hours on a CPU, minutes on a GPU.
+all: $(CHAPTERS)
+
+# runs/REPORT.md and runs/report.png from every run directory under runs/.
+report: install
+	$(PY) -m d2lite.report
+
+# Leaves runs/ alone: it holds your checkpoints.
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .pytest_cache

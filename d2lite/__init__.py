@@ -8,11 +8,12 @@ from .errors import D2LiteError
 from .hparams import HyperParameters
 from .module import Classifier, Module
 from .nnx_adapter import NNXClassifier
-from .trainer import Trainer, TrainState
+from .predictions import plot_predictions
+from .trainer import Trainer, TrainingInterrupted, TrainState
 from .utils import add_to_class, count_compiles, get_key
 
 __all__ = [
     "Classifier", "D2LiteError", "DataModule", "FashionMNIST", "HyperParameters", "Module", "NNXClassifier",
-    "ProgressBoard", "ProgressLine", "TrainState", "Trainer", "add_to_class", "count_compiles",
-    "get_key", "show_images",
+    "ProgressBoard", "ProgressLine", "TrainState", "Trainer", "TrainingInterrupted", "add_to_class",
+    "count_compiles", "get_key", "plot_predictions", "show_images",
 ]  # fmt: skip

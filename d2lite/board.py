@@ -29,6 +29,7 @@ def _atomic_savefig(fig, path):
     fmt = path.suffix.lstrip(".").lower() or "png"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the plot from other users and servers
         with os.fdopen(fd, "wb") as f:
             fig.savefig(f, format=fmt)
         os.replace(tmp, path)

@@ -1,15 +1,18 @@
-"""The command line every chapter shares: flags, a smoke mode, one-line errors."""
+"""The command line every chapter shares: flags, a smoke mode, runs that resume, one-line errors."""
 import argparse
 import sys
+from pathlib import Path
 
+from . import runs
 from .data import FashionMNIST
 from .errors import D2LiteError
-from .trainer import Trainer
+from .trainer import Trainer, TrainingInterrupted
 
 QUICK_BATCHES = 10  # training batches per epoch in --quick mode (2 validation batches)
+RUNS = "runs"  # where the chapters' runs go: runs/<chapter>/<date>-<time>/
 
 
-def _positive_int(text):
+def positive_int(text):
     try:
         value = int(text)
     except ValueError:
@@ -19,7 +22,7 @@ def _positive_int(text):
     return value
 
 
-def _positive_float(text):
+def positive_float(text):
     try:
         value = float(text)
     except ValueError:
@@ -29,26 +32,62 @@ def _positive_float(text):
     return value
 
 
+class ChapterParser(argparse.ArgumentParser):
+    """A chapter's flags. With --resume, the flags not given take the resumed run's values."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if parsed.resume is None:
+            return parsed, extras
+        if parsed.resume != "latest":
+            resume = parsed.resume
+            run_dir = runs.resume_target(resume)[0]
+        elif parsed.out_dir is not None:
+            resume = run_dir = Path(parsed.out_dir)
+        else:
+            parent = Path(RUNS) / parsed.chapter
+            resume = run_dir = runs.latest_run(parent)
+            if run_dir is None:
+                raise D2LiteError(f"no run of {parsed.chapter} to resume in {parent}: start one with "
+                                  f"python -m chapters.{parsed.chapter}")  # fmt: skip
+        saved = runs.read_config(run_dir).get("args", {})
+        flags = {action.dest for action in self._actions} - {"resume", "out_dir", "help"}
+        self.set_defaults(**{k: v for k, v in saved.items() if k in flags})
+        parsed, extras = super().parse_known_args(args)  # again, with the run's values as defaults
+        parsed.resume, parsed.out_dir = str(resume), str(run_dir)
+        return parsed, extras
+
+
 def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
-    parser = argparse.ArgumentParser(
+    parser = ChapterParser(
         prog=f"python -m chapters.{name}",
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--epochs", type=_positive_int, default=None,
+    parser.add_argument("--epochs", type=positive_int, default=None,
                         help=f"training epochs (default: {epochs}, or 2 with --quick)")
-    parser.set_defaults(default_epochs=epochs)
-    parser.add_argument("--batch-size", type=_positive_int, default=batch_size)
-    parser.add_argument("--lr", type=_positive_float, default=lr,
+    parser.set_defaults(default_epochs=epochs, chapter=name)
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size)
+    parser.add_argument("--lr", type=positive_float, default=lr,
                         help="learning rate" + ("" if lr else " (default: the optimizer's)"))
-    parser.add_argument("--resize", type=_positive_int, default=resize,
+    parser.add_argument("--resize", type=positive_int, default=resize,
                         help="image height and width in pixels (Fashion-MNIST is 28)")  # fmt: skip
     parser.add_argument("--data-dir", default=None,
                         help="folder with the four Fashion-MNIST .gz files "
                              "(default: $D2LITE_DATA, user cache, Debian package, download)")  # fmt: skip
-    parser.add_argument("--out-dir", default=f"runs/{name}",
-                        help="where the live plot (progress.png/.svg) is written")  # fmt: skip
-    parser.add_argument("--steps-per-dispatch", type=_positive_int, default=1,
+    parser.add_argument("--out-dir", "--run-dir", dest="out_dir", metavar="DIR", default=None,
+                        help="the run directory: config.json, metrics.csv, the live plot "
+                             f"(progress.png/.svg), checkpoints/ (default: {RUNS}/{name}/<date>-<time>)")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="DIR",
+                        help=f"continue a run from its last checkpoint: the newest run in {RUNS}/{name} "
+                             "(or --out-dir), or the run directory or checkpoint DIR; flags not given "
+                             "keep the run's values")  # fmt: skip
+    parser.add_argument("--keep-checkpoints", type=positive_int, default=3,
+                        help="how many of the newest checkpoints to keep")  # fmt: skip
+    parser.add_argument("--predictions", action="store_true",
+                        help="after training, save predictions.png in the run directory: validation "
+                             "images with their true and predicted labels, mistakes first")  # fmt: skip
+    parser.add_argument("--steps-per-dispatch", type=positive_int, default=1,
                         help="training steps per jitted call (helps small models)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
@@ -60,15 +99,31 @@ def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
 def train_chapter(args, model):
     """Fit `model` on Fashion-MNIST as the parsed flags say; return the Trainer."""
     subset = {}
-    epochs = args.epochs or (2 if args.quick else args.default_epochs)
+    args.epochs = args.epochs or (2 if args.quick else args.default_epochs)
     if args.quick:
         subset = {"num_train": QUICK_BATCHES * args.batch_size, "num_val": 2 * args.batch_size}
     data = FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
                         data_dir=args.data_dir, **subset)  # fmt: skip
-    trainer = Trainer(max_epochs=epochs, seed=args.seed, out_dir=args.out_dir,
+    run_dir = args.out_dir or runs.new_run_dir(Path(RUNS) / args.chapter)
+    not_flags = ("resume", "out_dir", "default_epochs", "chapter")
+    flags = {k: v for k, v in vars(args).items() if k not in not_flags}
+    trainer = Trainer(max_epochs=args.epochs, seed=args.seed, run_dir=None if args.resume else run_dir,
+                      resume=args.resume, keep_checkpoints=args.keep_checkpoints,
+                      run_info={"chapter": args.chapter, "args": flags},
                       steps_per_dispatch=args.steps_per_dispatch)  # fmt: skip
-    trainer.fit(model, data)
+    try:
+        trainer.fit(model, data)
+    except TrainingInterrupted as stop:
+        if stop.run_dir is not None:
+            stop.resume_command = f"python -m chapters.{args.chapter} --resume {stop.run_dir}"
+        raise
     print(f"data: {data.source}")
+    if args.predictions:
+        from .predictions import plot_predictions
+
+        path = Path(trainer.run_path) / "predictions.png"
+        plot_predictions(trainer, path=path)
+        print(f"predictions: {path}")
     return trainer
 
 
@@ -79,7 +134,9 @@ def run_main(run, argv):
     except D2LiteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: the live plot so far is in the output folder", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        print(f"\n{str(stop) or 'interrupted'}", file=sys.stderr)
+        if getattr(stop, "resume_command", None):
+            print(f"resume with: {stop.resume_command}", file=sys.stderr)
         return 130
     return 0

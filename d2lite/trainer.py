@@ -9,19 +9,31 @@ Per fit there are two compiled programs, both with fixed shapes:
   the validation set is padded to whole batches once, so every example counts exactly once.
 Epochs differ only in traced values (the permutation, the chunk start), so nothing
 recompiles after the first epoch.
+
+With a run directory the host also writes, between epochs, the metrics and a checkpoint
+(runs.py, checkpoint.py). A run resumes exactly: epoch e's batches come from the permutation
+`fold_in(shuffle_key, e)` and step s's dropout key from `fold_in(dropout_rng, s)`, so
+restoring the TrainState, the shuffle key and the position in the epoch continues the same
+stream of batches and keys.
 """
+import contextlib
 import math
+import signal
 import sys
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import serialization
 from flax.training import train_state
 from jax import lax
 
+from . import runs
 from .board import ProgressBoard, ProgressLine
 from .errors import D2LiteError
 from .hparams import HyperParameters
@@ -35,19 +47,37 @@ class TrainState(train_state.TrainState):
     dropout_rng: jax.Array = None
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped `fit` between two steps; `checkpoint` is where the state was saved."""
+
+    def __init__(self, message, checkpoint=None, run_dir=None):
+        super().__init__(message)
+        self.checkpoint, self.run_dir = checkpoint, run_dir
+
+
 class Trainer(HyperParameters):
     """Fit a `Module` to a `DataModule`: `Trainer(max_epochs=10).fit(model, data)`.
 
     `num_gpus` is accepted for the book's code and ignored: JAX uses its default devices.
     `steps_per_dispatch` runs several steps per call, for small models that Python would
     otherwise slow down. `limit_train_batches`/`limit_val_batches` shorten epochs for smoke
-    runs. The live plot is rewritten in `out_dir` (default `runs/<model class>`).
+    runs.
+
+    Without `run_dir`, a fit keeps its results in memory and writes only the live plot, to
+    `out_dir` (default `runs/<model class>`). With `run_dir` it is a recorded run: the plot,
+    config.json, metrics.csv and a checkpoint after every epoch (the newest
+    `keep_checkpoints` kept) all go there. `resume=True` continues the run in `run_dir`
+    from its latest checkpoint; `resume=PATH` continues the run directory PATH, or from the
+    checkpoint PATH (`RUN/checkpoints/STEP`). Ctrl-C stops between two steps, saves a
+    checkpoint when there is a run directory, and raises `TrainingInterrupted`.
     """
 
     def __init__(self, max_epochs, num_gpus=0, gradient_clip_val=0, *, seed=0, out_dir=None,
+                 run_dir=None, resume=None, keep_checkpoints=3, run_info=None,
                  steps_per_dispatch=1, limit_train_batches=None, limit_val_batches=None,
                  progress=True, plot=True):  # fmt: skip
-        positive_ints = {"max_epochs": max_epochs, "steps_per_dispatch": steps_per_dispatch}
+        positive_ints = {"max_epochs": max_epochs, "steps_per_dispatch": steps_per_dispatch,
+                         "keep_checkpoints": keep_checkpoints}  # fmt: skip
         positive_ints.update(limit_train_batches=limit_train_batches or 1,
                              limit_val_batches=limit_val_batches or 1)  # fmt: skip
         for name, value in positive_ints.items():
@@ -57,9 +87,16 @@ class Trainer(HyperParameters):
             raise D2LiteError(
                 f"gradient_clip_val must be >= 0 (0 turns clipping off), got {gradient_clip_val!r}"
             )
+        if resume is True and run_dir is None:
+            raise D2LiteError("resume=True continues the run in run_dir: give run_dir (or resume=PATH)")
+        if run_dir is not None and out_dir is not None and Path(run_dir) != Path(out_dir):
+            raise D2LiteError("give run_dir or out_dir, not both: a run directory holds the live plot too")
         self.save_hyperparameters()
         self.state = None
         self.history = []
+        self.checkpoints = None
+        self.run_path = None  # the run directory, resolved by fit
+        self._stop_requested, self._partial_epoch = False, None
 
     # ----------------------------------------------------------------------------- set-up
     def prepare_data(self, data):
@@ -94,7 +131,7 @@ class Trainer(HyperParameters):
         object.__setattr__(model, "trainer", self)  # the book's model.plot() reads model.trainer
         self.model = model
         self.eval_model = for_evaluation(model)
-        out_dir = self.out_dir or f"runs/{type(model).__name__.lower()}"
+        out_dir = self.run_path or self.out_dir or f"runs/{type(model).__name__.lower()}"
         self.board = ProgressBoard(xlabel="epoch", xlim=[0, self.max_epochs],
                                    save_dir=out_dir if self.plot else None)  # fmt: skip
 
@@ -189,22 +226,37 @@ class Trainer(HyperParameters):
     # -------------------------------------------------------------------------- training
     def fit(self, model, data, key=None):
         """Train `model` on `data` for `max_epochs`; return the final TrainState."""
+        self.run_path, resume_step = self._run_location()
         self.prepare_data(data)
         self.prepare_model(model)
         key = jax.random.PRNGKey(self.seed) if key is None else key
         init_key, self._shuffle_key = jax.random.split(key)
-        self.state = self.init_state(init_key)
-        self._compile_programs()
         self.epoch = self.train_batch_idx = self.val_batch_idx = 0
         self.history = []
+        self._partial_epoch = None  # (position, losses, seconds) of an epoch resumed midway
+        self._wall_time_before = 0.0  # training seconds of the run's earlier sessions
         self.progress_line = ProgressLine(self.max_epochs, self.num_train_batches, self.batch_size,
                                      stream=sys.stderr if self.progress else _Silent())  # fmt: skip
         try:
-            for epoch in range(self.max_epochs):
-                self.epoch = epoch
-                self.fit_epoch()
+            resume_meta = self._open_run(resume_step)
+            self.state = self.init_state(init_key)
+            self._compile_programs()
+            if resume_meta is not None:
+                self._restore(resume_meta)
+            elif self.checkpoints is not None:
+                self._write_config()
+            self._session_started = time.perf_counter()
+            with self._stop_on_ctrl_c():
+                for epoch in range(self.epoch, self.max_epochs):
+                    self.epoch = epoch
+                    self.fit_epoch()
+                    checkpoint = self._save_checkpoint()
+                    if self._stop_requested:
+                        raise self._interrupted(f"after epoch {epoch + 1}", checkpoint)
         finally:
             self.progress_line.close()
+            if self.checkpoints is not None:
+                self.checkpoints.close()
         return self.state
 
     def fit_epoch(self):
@@ -212,10 +264,18 @@ class Trainer(HyperParameters):
         started = time.perf_counter()
         order = self._epoch_order(self._shuffle_key, self.epoch)
         plot_every = max(1, self.num_train_batches // self.model.plot_train_per_epoch)
-        losses, done, plotted = [], 0, 0  # `done`: steps known to have finished
-        chunks = range(0, self.num_train_batches, self.steps_per_dispatch)
+        # An epoch resumed midway continues its permutation where it stopped.
+        first, losses, seconds_before = self._partial_epoch or (0, [], 0.0)
+        self._partial_epoch = None
+        done, plotted = first, first // plot_every  # `done`: steps known to have finished
+        chunks = range(first, self.num_train_batches, self.steps_per_dispatch)
         for start in list(chunks) + [None]:
             if start is not None:
+                if self._stop_requested:  # Ctrl-C: stop here, between two steps
+                    seconds = seconds_before + time.perf_counter() - started
+                    checkpoint = self._save_checkpoint((start, losses, seconds))
+                    where = f"in epoch {self.epoch + 1} after step {start} of {self.num_train_batches}"
+                    raise self._interrupted(where, checkpoint)
                 num_steps = min(self.steps_per_dispatch, self.num_train_batches - start)
                 self.state, chunk_losses = self._train_chunk(
                     self.state, self.train_arrays, order, start, num_steps=num_steps
@@ -231,6 +291,8 @@ class Trainer(HyperParameters):
             done += newly_done
             if done // plot_every > plotted:  # a plot point is due: read the losses
                 values = np.concatenate([np.asarray(c) for c in ready])
+                if not np.isfinite(values).all():  # on the host already: checking is free
+                    raise self._nonfinite_loss(values)
                 while (plotted + 1) * plot_every <= done:
                     plotted += 1
                     window = values[(plotted - 1) * plot_every : plotted * plot_every]
@@ -240,22 +302,199 @@ class Trainer(HyperParameters):
             latest = float(np.asarray(ready[-1])[-1]) if self.progress_line.tty else None
             self.progress_line.advance(newly_done, loss=latest)
         self.train_batch_idx = (self.epoch + 1) * self.num_train_batches
-        train_loss = float(np.mean(np.concatenate([np.asarray(c) for c in losses])))
-        seconds = time.perf_counter() - started
-        record = {"epoch": self.epoch + 1, "train_loss": train_loss}
-        for name, value in self.evaluate().items():
+        values = np.concatenate([np.asarray(c) for c in losses])
+        if not np.isfinite(values).all():
+            raise self._nonfinite_loss(values)
+        seconds = seconds_before + time.perf_counter() - started
+        record = {"epoch": self.epoch + 1, "step": self.train_batch_idx,
+                  "train_loss": float(np.mean(values))}  # fmt: skip
+        metrics = self.evaluate()
+        for name, value in sorted(metrics.items(), key=lambda item: item[0] != "loss"):  # loss first
             record["val_" + name] = value
             self.model.plot(name, value, train=False)
         self.val_batch_idx += self.num_val_batches
-        record.update(seconds=seconds,
-                      examples_per_s=self.num_train_batches * self.batch_size / seconds)  # fmt: skip
+        record.update(examples_per_s=self.num_train_batches * self.batch_size / seconds,
+                      seconds=seconds, wall_time=self._wall_time())  # fmt: skip
         self.history.append(record)
         self.progress_line.end_epoch({k: v for k, v in record.items() if k.startswith(("train", "val"))})
-        if not math.isfinite(train_loss):
+
+    def _nonfinite_loss(self, values):
+        index = int(np.flatnonzero(~np.isfinite(values))[0])
+        lr = getattr(self.model, "lr", None)
+        rate = f"learning rate (lr={lr:g})" if isinstance(lr, int | float) else "learning rate"
+        steps = self.checkpoints.steps() if self.checkpoints is not None else []
+        kept = f"; the last good checkpoint is {self.checkpoints.path(steps[-1])}" if steps else ""
+        return D2LiteError(
+            f"the training loss is {float(np.mean(values))} in epoch {self.epoch + 1}: lower the "
+            f"{rate} or turn on gradient clipping (gradient_clip_val); it first became "
+            f"{values[index]} at step {index + 1} of {self.num_train_batches} of the epoch "
+            f"(training step {self.epoch * self.num_train_batches + index + 1}){kept}"
+        )
+
+    @contextlib.contextmanager
+    def _stop_on_ctrl_c(self):
+        """The first Ctrl-C asks the loop to stop at the next step boundary; a second one, now.
+
+        Stopping between dispatches (never inside one, where the donated state could be lost)
+        leaves `self.state` consistent, and with a run directory lets us save it.
+        """
+        self._stop_requested = False
+        previous = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
+            yield
+            return
+        if previous is None:  # a handler installed outside Python: fall back to Python's own
+            previous = signal.default_int_handler
+
+        def request_stop(signum, frame):
+            self._stop_requested = True
+            signal.signal(signal.SIGINT, previous)
+            saving = " and saving a checkpoint" if self.checkpoints is not None else ""
+            print(f"\nCtrl-C: stopping after the current step{saving} (Ctrl-C again to stop at once)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+        signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _interrupted(self, where, checkpoint):
+        if checkpoint is not None:
+            return TrainingInterrupted(f"interrupted {where}: checkpoint saved in {checkpoint}",
+                                       checkpoint, self.run_path)  # fmt: skip
+        return TrainingInterrupted(f"interrupted {where} (no run directory, so no checkpoint)")
+
+    def _wall_time(self):
+        return self._wall_time_before + time.perf_counter() - self._session_started
+
+    # --------------------------------------------------------------- run directory, resume
+    def _run_location(self):
+        """(run directory or None, checkpoint step to resume from or None)."""
+        if self.resume not in (None, False, True):
+            run_dir, step = runs.resume_target(self.resume)
+            if self.run_dir is not None and Path(self.run_dir).resolve() != run_dir.resolve():
+                raise D2LiteError(f"resume={str(self.resume)!r} is not in run_dir={str(self.run_dir)!r}")
+            return run_dir, step
+        return (None if self.run_dir is None else Path(self.run_dir)), None
+
+    def _settings(self):
+        """What a resumed run must share with the run it continues."""
+        trainer = {k: self.hparams[k] for k in ("gradient_clip_val", "seed", "limit_train_batches",
+                                                "limit_val_batches")}  # fmt: skip
+        return {"model": runs.model_settings(self.model), "data": runs.data_settings(self.data),
+                "trainer": runs.describe(trainer)}  # fmt: skip
+
+    def _open_run(self, step):
+        """Open the run's checkpoints; for a resume, check it and return the checkpoint's meta."""
+        self.checkpoints = None
+        if self.run_path is None:
+            return None
+        from .checkpoint import Checkpoints  # imports orbax, which takes seconds
+
+        self.checkpoints = Checkpoints(self.run_path / runs.CHECKPOINTS, keep=self.keep_checkpoints)
+        steps = self.checkpoints.steps()
+        if not self.resume:
+            if steps:
+                raise D2LiteError(f"{self.run_path} already holds a run (checkpoint {steps[-1]}): resume "
+                                  "it (--resume, resume=True) or use another run directory")  # fmt: skip
+            print(f"run directory: {self.run_path}", flush=True)
+            return None
+        for name in self.checkpoints.unfinished:
+            print(f"removed {name}: a checkpoint whose writing was cut off", flush=True)
+        if not steps:
+            raise D2LiteError(f"{self.run_path} has no checkpoint to resume from (the run stopped before "
+                              "one was saved): start a new run")  # fmt: skip
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise D2LiteError(f"{self.run_path} has no checkpoint {step}; it has {steps}")
+        meta = self.checkpoints.read_meta(step)
+        meta["step"] = step
+        differences = runs.mismatches(meta["settings"], self._settings())
+        if differences:
+            raise D2LiteError(f"cannot resume {self.run_path} with different settings: "
+                              f"{'; '.join(differences)} (resume with the run's settings, or start a "
+                              "new run)")  # fmt: skip
+        return meta
+
+    def _write_config(self, resumed=None):
+        kept = resumed and (self.run_path / runs.CONFIG).is_file()
+        config = runs.read_config(self.run_path) if kept else {
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), **(runs.describe(self.run_info) or {}),
+            **self._settings(), "parameters": sum(int(p.size) for p in jax.tree.leaves(self.state.params)),
+            "environment": runs.environment(), "resumed": [],
+        }  # fmt: skip
+        config["trainer"] = runs.describe({k: v for k, v in self.hparams.items() if k not in (
+            "run_dir", "resume", "out_dir", "run_info", "progress", "plot")})  # fmt: skip
+        if resumed:
+            config.setdefault("resumed", []).append(resumed)
+        runs.write_config(self.run_path, config)
+
+    def _save_checkpoint(self, partial=None):
+        """Save what fit needs to continue; return the checkpoint's path (None without a run).
+
+        At the end of an epoch `partial` is None; after Ctrl-C in the middle of one it is
+        (position, losses so far, seconds so far).
+        """
+        if self.checkpoints is None:
+            return None
+        position, losses, seconds = partial or (0, [], 0.0)
+        finished = self.epoch if partial else self.epoch + 1
+        if not partial:
+            runs.write_metrics(self.run_path, self.history)
+        step = finished * self.num_train_batches + position
+        meta = {
+            "epoch": finished, "position": position, "seconds_in_epoch": seconds,
+            "losses_in_epoch": [float(v) for c in losses for v in np.asarray(c)][:position],
+            "wall_time": self._wall_time(), "history": self.history,
+            "board": {label: [list(p) for p in points] for label, points in self.board.data.items()},
+            "settings": self._settings(),
+        }  # fmt: skip
+        arrays = self._checkpoint_arrays()
+        meta["arrays"] = _shapes(arrays)
+        self.checkpoints.save(step, arrays, meta)
+        return self.checkpoints.path(step)
+
+    def _checkpoint_arrays(self):
+        return {"state": serialization.to_state_dict(self.state), "shuffle_key": self._shuffle_key}
+
+    def _restore(self, meta):
+        like = self._checkpoint_arrays()
+        saved, now = meta.get("arrays", {}), _shapes(like)
+        if saved != now:  # same hyperparameters, yet other parameters: the model's code changed
+            differ = [k for k in set(saved) | set(now) if saved.get(k) != now.get(k)]
+            name = min(differ, key=lambda k: ("['params']" not in k, k))  # parameters first
             raise D2LiteError(
-                f"the training loss is {train_loss} in epoch {self.epoch + 1}: lower the learning "
-                "rate or turn on gradient clipping"
+                f"checkpoint {self.checkpoints.path(meta['step'])} holds other arrays than this model "
+                f"has ({name}: {saved.get(name)} in the checkpoint, {now.get(name)} now): resume with "
+                "the model code the run was trained with"
             )
+        arrays = self.checkpoints.restore(meta["step"], like)
+        self.state = serialization.from_state_dict(self.state, arrays["state"])
+        self._shuffle_key = arrays["shuffle_key"]
+        self.checkpoints.discard_after(meta["step"])  # a resume from an older checkpoint forks
+        self.epoch, position = meta["epoch"], meta["position"]
+        self.history = meta["history"]
+        self._wall_time_before = meta["wall_time"]
+        if position:
+            losses = np.asarray(meta["losses_in_epoch"], dtype=np.float32)
+            self._partial_epoch = (position, [losses], meta["seconds_in_epoch"])
+        self.train_batch_idx = self.epoch * self.num_train_batches + position
+        self.val_batch_idx = self.epoch * self.num_val_batches
+        # Put the plotted points back without drawing each one.
+        save_dir, display = self.board.save_dir, self.board.display
+        self.board.save_dir, self.board.display = None, False
+        for label, points in meta["board"].items():
+            for x, y in points:
+                self.board.draw(x, y, label)
+        self.board.save_dir, self.board.display = save_dir, display
+        runs.write_metrics(self.run_path, self.history)
+        self._write_config(resumed={"at": time.strftime("%Y-%m-%d %H:%M:%S"), "step": meta["step"],
+                                    "epoch": self.epoch, "position": position})  # fmt: skip
+        where = f"epoch {self.epoch + 1}" + (f", step {position + 1}" if position else "")
+        if self.epoch >= self.max_epochs:
+            where = f"its end: all {self.max_epochs} epochs are done (raise max_epochs, --epochs, to go on)"
+        print(f"resuming {self.run_path} from checkpoint {meta['step']} at {where}", flush=True)
 
     def evaluate(self, data=None):
         """Mean validation metrics of the current state, over exactly every validation example.
@@ -273,6 +512,12 @@ class Trainer(HyperParameters):
         for index in range(self.num_val_batches):
             totals = self._eval_batch(self.state, self.val_arrays, self.val_mask, index, totals)
         return {name: float(value) / self.num_val_examples for name, value in totals.items()}
+
+
+def _shapes(arrays):
+    """{'path': 'shape dtype'} of a pytree's leaves, to tell whether a checkpoint fits a model."""
+    return {jax.tree_util.keystr(path): f"{tuple(np.shape(leaf))} {jnp.result_type(leaf)}"
+            for path, leaf in jax.tree_util.tree_leaves_with_path(arrays)}  # fmt: skip
 
 
 def _pad_rows(array, rows):

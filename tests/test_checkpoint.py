@@ -1,0 +1,223 @@
+"""Checkpoints and resume: an interrupted run ends exactly where an uninterrupted one does."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import Blobs, TinyCNN
+from flax import linen as nn
+
+import d2lite as d2l
+from d2lite import runs
+from d2lite.checkpoint import PAUSE_BEFORE_COMMIT, Checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 3  # Blobs: 8 steps per epoch, so checkpoints at steps 8, 16, 24
+
+
+CTRL_C = {}  # {"epoch": index}: where CtrlC models press Ctrl-C (not a field: runs must match)
+
+
+class CtrlC(TinyCNN):
+    """Sends itself Ctrl-C at the first training plot point of epoch CTRL_C["epoch"], once."""
+
+    def plot(self, key, value, train):
+        super().plot(key, value, train)
+        if train and "epoch" in CTRL_C and self.trainer.epoch == CTRL_C["epoch"]:
+            del CTRL_C["epoch"]
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def fit(model, max_epochs=EPOCHS, data=None, **kwargs):
+    trainer = d2l.Trainer(max_epochs=max_epochs, progress=False, plot=False, **kwargs)
+    trainer.fit(model, data or Blobs())
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run (dropout on, so the dropout key stream matters too)."""
+    return fit(CtrlC(dropout=0.2), run_dir=tmp_path_factory.mktemp("reference") / "run")
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+    """The reference's first 2 epochs as a run: checkpoints 8 and 16. Copy it to change it."""
+    run_dir = tmp_path_factory.mktemp("two_epochs") / "run"
+    fit(CtrlC(dropout=0.2), max_epochs=2, run_dir=run_dir)
+    return run_dir
+
+
+def assert_same_run(trainer, reference):
+    for a, b in zip(jax.tree.leaves(trainer.state), jax.tree.leaves(reference.state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert len(trainer.history) == len(reference.history)
+    for mine, theirs in zip(trainer.history, reference.history, strict=True):
+        for key in ("epoch", "step", "train_loss", "val_loss", "val_acc"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-6), key
+    assert trainer.board.data.keys() == reference.board.data.keys()
+    for label, points in trainer.board.data.items():
+        np.testing.assert_allclose(points, reference.board.data[label], rtol=1e-6)
+
+
+def test_ctrl_c_in_the_middle_of_an_epoch_then_resume_gives_the_uninterrupted_run(
+    tmp_path, reference, capsys
+):
+    run_dir = tmp_path / "run"
+    CTRL_C["epoch"] = 1
+    with pytest.raises(d2l.TrainingInterrupted) as stop:
+        fit(CtrlC(dropout=0.2), run_dir=run_dir)
+    assert not CTRL_C  # it did press
+    # The first plot point of epoch 2 is due once step 4 is done, when step 5 is already queued:
+    # the loop stops before it queues step 6.
+    position = 5
+    assert stop.value.checkpoint == (run_dir / "checkpoints" / str(8 + position)).absolute()
+    assert f"interrupted in epoch 2 after step {position} of 8: checkpoint saved in" in str(stop.value)
+    assert "Ctrl-C again to stop at once" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+    resumed = fit(CtrlC(dropout=0.2), resume=run_dir)
+    assert f"from checkpoint {8 + position} at epoch 2, step {position + 1}" in capsys.readouterr().out
+    assert_same_run(resumed, reference)
+    assert runs.read_metrics(run_dir)[-1]["train_loss"] == pytest.approx(reference.history[-1]["train_loss"])
+
+
+def test_resuming_a_finished_run_with_more_epochs_continues_it(tmp_path, reference, two_epochs):
+    run_dir = shutil.copytree(two_epochs, tmp_path / "run")
+    resumed = fit(CtrlC(dropout=0.2), max_epochs=EPOCHS, run_dir=run_dir, resume=True)
+    assert_same_run(resumed, reference)
+    config = runs.read_config(run_dir)
+    assert config["trainer"]["max_epochs"] == EPOCHS
+    assert [r["step"] for r in config["resumed"]] == [16]
+    assert len(runs.read_metrics(run_dir)) == EPOCHS
+
+
+def test_sigkill_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_path, reference, capsys):
+    run_dir = tmp_path / "run"
+    script = (
+        "import sys; sys.path[:0] = ['.', 'tests']\n"
+        "from conftest import Blobs, TinyCNN\n"
+        "import d2lite as d2l\n"
+        "d2l.Trainer(max_epochs=3, run_dir=sys.argv[1], progress=False).fit(TinyCNN(dropout=0.2), Blobs())\n"
+    )
+    # The checkpoint of step 16 (end of epoch 2) stops with every file written, before its commit.
+    env = {**os.environ, PAUSE_BEFORE_COMMIT: "16"}
+    child = subprocess.Popen([sys.executable, "-c", script, str(run_dir)], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    watchdog = threading.Timer(300, child.kill)  # never hang the test suite
+    watchdog.start()
+    try:
+        for line in child.stderr:
+            if "checkpoint 16 written, pausing before its commit" in line:
+                break
+        else:
+            pytest.fail(f"the run ended (status {child.wait()}) without writing checkpoint 16")
+        assert (run_dir / "checkpoints" / "16.orbax-checkpoint-tmp" / "state").is_dir()
+        child.send_signal(signal.SIGKILL)
+        assert child.wait() == -signal.SIGKILL
+    finally:
+        watchdog.cancel()
+        child.kill()
+        child.wait()
+        child.stderr.close()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["16.orbax-checkpoint-tmp", "8"]
+
+    resumed = fit(TinyCNN(dropout=0.2), run_dir=run_dir, resume=True)
+    out = capsys.readouterr().out
+    assert "removed 16.orbax-checkpoint-tmp: a checkpoint whose writing was cut off" in out
+    assert "from checkpoint 8 at epoch 2" in out
+    assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir()) == [8, 16, 24]
+    for a, b in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(reference.state.params),
+                    strict=True):  # fmt: skip
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("damaged", ["meta/metadata", "state/manifest.ocdbt"])
+def test_a_corrupted_checkpoint_names_the_previous_one_which_then_resumes(tmp_path, two_epochs, damaged):
+    run_dir = shutil.copytree(two_epochs, tmp_path / "run")
+    (run_dir / "checkpoints" / "16" / damaged).write_bytes(b"garbage")
+    with pytest.raises(d2l.D2LiteError) as error:
+        fit(CtrlC(dropout=0.2), run_dir=run_dir, resume=True)
+    previous = run_dir.absolute() / "checkpoints" / "8"
+    message = str(error.value)
+    assert message.startswith(f"checkpoint {run_dir.absolute() / 'checkpoints' / '16'} cannot be read")
+    assert f"{damaged} changed since it was saved" in message
+    assert f"resume from the previous checkpoint instead with --resume {previous}" in message
+    assert "\n" not in message
+
+    if damaged == "meta/metadata":  # once is enough: resuming from the named fallback works
+        resumed = fit(CtrlC(dropout=0.2), run_dir=run_dir, resume=previous)  # discards the damaged one
+        assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+        assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir()) == [8, 16, 24]
+
+
+def test_resuming_with_other_settings_is_refused(two_epochs):
+    run_dir = two_epochs
+    refused = r"cannot resume .* with different settings: model lr: 0\.1 in the run, 0\.05 now \(resume"
+    with pytest.raises(d2l.D2LiteError, match=refused):
+        fit(CtrlC(dropout=0.2, lr=0.05), run_dir=run_dir, resume=True)
+    with pytest.raises(d2l.D2LiteError, match=r"model class: 'test_checkpoint.CtrlC' in the run, 'conftest"):
+        fit(TinyCNN(dropout=0.2), run_dir=run_dir, resume=True)
+    with pytest.raises(d2l.D2LiteError, match=r"data batch_size: 32 in the run, 16 now"):
+        fit(CtrlC(dropout=0.2), run_dir=run_dir, resume=True, data=Blobs(batch_size=16))
+    with pytest.raises(d2l.D2LiteError, match=r"trainer gradient_clip_val: 0 in the run, 1\.0 now"):
+        fit(CtrlC(dropout=0.2), run_dir=run_dir, resume=True, gradient_clip_val=1.0)
+    # Without resume, a run directory that holds a run is never overwritten.
+    with pytest.raises(d2l.D2LiteError, match=r"run already holds a run \(checkpoint 16\): resume it"):
+        fit(CtrlC(dropout=0.2), run_dir=run_dir)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["16", "8"]  # untouched
+
+
+def test_a_checkpoint_from_other_model_code_is_refused(tmp_path):
+    def make(features):
+        class Net(d2l.Classifier):  # same class name and fields, other parameters
+            lr: float = 0.1
+            num_classes: int = 3
+
+            @nn.compact
+            def __call__(self, X):
+                return nn.Dense(self.num_classes)(nn.Dense(features)(X.reshape((X.shape[0], -1))))
+
+        return Net()
+
+    run_dir = tmp_path / "run"
+    fit(make(4), max_epochs=1, run_dir=run_dir, limit_train_batches=1, limit_val_batches=1)
+    refused = r"holds other arrays than this model has \(.*\['params'\].*\(4, 3\) float32 in the checkpoint, "
+    with pytest.raises(d2l.D2LiteError, match=refused + r"\(5, 3\) float32 now\): resume with the model"):
+        fit(make(5), run_dir=run_dir, resume=True, limit_train_batches=1, limit_val_batches=1)
+
+
+def test_bad_resume_requests_are_clear_errors(tmp_path):
+    with pytest.raises(d2l.D2LiteError, match="resume=True continues the run in run_dir: give run_dir"):
+        d2l.Trainer(max_epochs=1, resume=True)
+    with pytest.raises(d2l.D2LiteError, match="is not a run directory"):
+        fit(TinyCNN(), resume=tmp_path)
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(d2l.D2LiteError, match="has no checkpoint to resume from"):
+        fit(TinyCNN(), resume=tmp_path / "empty")
+
+
+def test_checkpoints_keep_the_newest_and_restore_dtypes_and_typed_keys(tmp_path):
+    checkpoints = Checkpoints(tmp_path / "checkpoints", keep=2)
+    tree = {"w": jnp.arange(6, dtype=jnp.bfloat16).reshape(2, 3), "step": jnp.int32(7),
+            "key": jax.random.key(3), "raw_key": jax.random.PRNGKey(4), "empty": {}}  # fmt: skip
+    for step in (1, 2, 3):
+        assert checkpoints.save(step, tree, {"step": step})
+    assert not checkpoints.save(3, tree, {})  # never overwritten
+    assert checkpoints.steps() == [2, 3]
+    restored = checkpoints.restore(3, tree)
+    assert checkpoints.read_meta(3) == {"step": 3}
+    assert jax.tree.structure(restored) == jax.tree.structure(tree)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(tree), strict=True):
+        assert a.dtype == b.dtype and isinstance(a, jax.Array)
+    assert jnp.array_equal(jax.random.key_data(restored["key"]), jax.random.key_data(tree["key"]))
+    checkpoints.discard_after(2)
+    assert checkpoints.steps() == [2]
+    checkpoints.close()

@@ -1,0 +1,182 @@
+"""Run directories: what a fit records, non-finite losses, the predictions grid, the chapter CLI."""
+import json
+import os
+import signal
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import Blobs, TinyCNN
+
+import d2lite as d2l
+from d2lite import runs
+from d2lite.predictions import predict_validation
+
+COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_acc", "examples_per_s", "seconds", "wall_time"]
+
+
+class CountingTrainer(d2l.Trainer):
+    """Counts XLA compilations per epoch, the checkpoint written after it included."""
+
+    def fit_epoch(self):
+        self.compiles = d2l.count_compiles()
+        self.counter = self.compiles.__enter__()
+        super().fit_epoch()
+
+    def _save_checkpoint(self, partial=None):
+        try:
+            return super()._save_checkpoint(partial)
+        finally:
+            self.compiles.__exit__(None, None, None)
+            self.compiles_per_epoch.append(self.counter.count)
+
+
+def test_a_run_directory_holds_config_metrics_plot_and_the_newest_checkpoints(tmp_path):
+    run_dir = tmp_path / "run"
+    trainer = CountingTrainer(max_epochs=3, run_dir=run_dir, keep_checkpoints=2, progress=False,
+                              run_info={"chapter": "tiny"})  # fmt: skip
+    trainer.compiles_per_epoch = []
+    trainer.fit(TinyCNN(dropout=0.1), Blobs())
+    assert trainer.compiles_per_epoch[1:] == [0, 0]  # checkpointing compiles nothing either
+
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoints", "config.json", "metrics.csv", "progress.png", "progress.svg"]  # fmt: skip
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["16", "24"]  # keep 2
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["chapter"] == "tiny"
+    assert config["model"] == {"class": "conftest.TinyCNN", "plot_train_per_epoch": 2,
+                               "plot_valid_per_epoch": 1, "lr": 0.1, "num_classes": 3, "use_bn": True,
+                               "dropout": 0.1}  # fmt: skip
+    assert config["data"] == {"class": "conftest.Blobs", "num_train": 256, "num_val": 70, "batch_size": 32,
+                              "seed": 0}  # fmt: skip
+    assert config["trainer"]["max_epochs"] == 3 and config["trainer"]["keep_checkpoints"] == 2
+    assert config["parameters"] == 40 + 8 + 256 * 3 + 3  # conv, BatchNorm scale+bias, dense
+    env = config["environment"]
+    assert env["backend"] == "cpu" and env["devices"] == ["cpu:0"]
+    assert env["versions"]["jax"] == __import__("jax").__version__ and env["versions"]["orbax-checkpoint"]
+
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0]
+    assert header.split(",") == COLUMNS
+    rows = runs.read_metrics(run_dir)
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["step"] for r in rows] == [8, 16, 24]
+    for row, record in zip(rows, trainer.history, strict=True):
+        assert row == pytest.approx(record)
+    assert rows[0]["wall_time"] < rows[1]["wall_time"] < rows[2]["wall_time"]
+
+
+def test_without_a_run_directory_only_the_plot_is_written(tmp_path):
+    trainer = d2l.Trainer(max_epochs=1, out_dir=str(tmp_path), progress=False, limit_train_batches=2)
+    trainer.fit(TinyCNN(), Blobs())
+    assert trainer.checkpoints is None and trainer.run_path is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["progress.png", "progress.svg"]
+
+
+def test_run_dir_and_out_dir_do_not_go_together(tmp_path):
+    with pytest.raises(d2l.D2LiteError, match="give run_dir or out_dir, not both"):
+        d2l.Trainer(max_epochs=1, run_dir=tmp_path / "run", out_dir=tmp_path / "elsewhere")
+
+
+class LossTurnsNaN(TinyCNN):
+    """The reported loss is NaN from training step 12 on (epoch 2, its 4th step)."""
+
+    def training_step(self, params, batch, state):
+        (loss, updates), grads = super().training_step(params, batch, state)
+        return (jnp.where(state.step >= 11, jnp.nan, loss), updates), grads
+
+
+def test_a_nonfinite_loss_stops_at_once_naming_the_step_and_keeping_the_last_good_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    trainer = d2l.Trainer(max_epochs=3, run_dir=run_dir, progress=False, plot=False)
+    with pytest.raises(d2l.D2LiteError) as error:
+        trainer.fit(LossTurnsNaN(), Blobs())
+    checkpoint = run_dir.absolute() / "checkpoints" / "8"
+    assert str(error.value) == (
+        "the training loss is nan in epoch 2: lower the learning rate (lr=0.1) or turn on gradient "
+        "clipping (gradient_clip_val); it first became nan at step 4 of 8 of the epoch (training "
+        f"step 12); the last good checkpoint is {checkpoint}"
+    )
+    assert int(trainer.state.step) < 16  # stopped at the plot point in the middle of epoch 2
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["8"]
+    assert [r["epoch"] for r in runs.read_metrics(run_dir)] == [1]  # the bad epoch is not recorded
+
+
+def test_the_predictions_grid_shows_mistakes_first(tmp_path):
+    trainer = d2l.Trainer(max_epochs=1, limit_train_batches=1, progress=False, plot=False)
+    trainer.fit(TinyCNN(), Blobs(num_val=20))  # one step: some right, some wrong
+    X, y, predicted = predict_validation(trainer)
+    assert X.shape == (20, 8, 8, 1) and y.shape == predicted.shape == (20,)
+    model = TinyCNN(training=False)
+    variables = {"params": trainer.state.params, "batch_stats": trainer.state.batch_stats}
+    np.testing.assert_array_equal(predicted, np.asarray(model.apply(variables, X)).argmax(1))
+    mistakes = int((predicted != y).sum())
+    assert 0 < mistakes < 20
+
+    fig = d2l.plot_predictions(trainer, path=tmp_path / "predictions.png", num_rows=3, num_cols=8)
+    assert (tmp_path / "predictions.png").read_bytes()[:4] == b"\x89PNG"
+    titles = [ax.title for ax in fig.axes if ax.get_images()]
+    assert len(titles) == 20
+    shown = [tuple(t.get_text().split("\n")) for t in titles]
+    assert all(true != guess for true, guess in shown[:mistakes])
+    assert all(true == guess for true, guess in shown[mistakes:])
+    red = [t.get_color() == "C3" for t in titles]
+    assert red == [True] * mistakes + [False] * (20 - mistakes)
+    wrong = np.flatnonzero(predicted != y)
+    assert shown[0] == (str(y[wrong[0]]), str(predicted[wrong[0]]))  # in validation order
+
+
+# ----------------------------------------------------------------------- the chapter CLI
+QUICK = ["--quick", "--batch-size", "16"]
+
+
+def test_chapter_ctrl_c_saves_and_resume_continues_the_latest_run(tmp_path, monkeypatch, capsys):
+    from chapters import lenet
+
+    monkeypatch.chdir(tmp_path)
+    assert lenet.main(["--resume"]) == 2
+    assert "error: no run of lenet to resume in runs/lenet" in capsys.readouterr().err
+
+    plot = lenet.LeNet.plot
+
+    def plot_and_press_ctrl_c(self, key, value, train):
+        plot(self, key, value, train)
+        if train and self.trainer.epoch == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(lenet.LeNet, "plot", plot_and_press_ctrl_c)
+    assert lenet.main(QUICK + ["--epochs", "2"]) == 130
+    (run_dir,) = Path("runs/lenet").iterdir()
+    err = capsys.readouterr().err
+    assert f"interrupted in epoch 1 after step 6 of 10: checkpoint saved in {run_dir.absolute()}" in err
+    assert f"resume with: python -m chapters.lenet --resume {run_dir}\n" in err
+    assert json.loads((run_dir / "config.json").read_text())["args"]["batch_size"] == 16
+
+    monkeypatch.setattr(lenet.LeNet, "plot", plot)
+    assert lenet.main(["--resume", "--predictions"]) == 0  # the run's flags: --quick, batch 16, 2 epochs
+    out = capsys.readouterr().out
+    assert f"resuming {run_dir} from checkpoint 6 at epoch 1, step 7" in out
+    assert [r["epoch"] for r in runs.read_metrics(run_dir)] == [1, 2]
+    assert (run_dir / "predictions.png").is_file() and f"predictions: {run_dir}/predictions.png" in out
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["10", "20", "6"]
+
+
+def test_latest_run_is_the_one_checkpointed_last(tmp_path):
+    for name, mtime in (("b-older", 1000), ("a-newer", 2000)):
+        step = tmp_path / name / "checkpoints" / "8"
+        step.mkdir(parents=True)
+        os.utime(step, (mtime, mtime))
+    (tmp_path / "z-no-checkpoint").mkdir()
+    assert runs.latest_run(tmp_path) == tmp_path / "a-newer"
+    assert runs.latest_run(tmp_path / "missing") is None
+
+
+def test_settings_are_described_without_memory_addresses():
+    from chapters.lenet import LeNet
+
+    settings = runs.model_settings(LeNet())
+    assert settings["class"] == "chapters.lenet.LeNet"
+    assert settings["kernel_init"] == "jax.nn.initializers.glorot_uniform"  # xavier_uniform's home
+    assert runs.describe(object()) == "<object object>"
+    assert runs.mismatches({"model": {"lr": 0.1, "depth": 3}}, {"model": {"lr": 0.2, "depth": 3}}) == [
+        "model lr: 0.1 in the run, 0.2 now"]  # fmt: skip
