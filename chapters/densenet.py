@@ -1,0 +1,127 @@
+"""DenseNet (D2L section 8.7): dense blocks that concatenate, transitions that halve, at 96x96.
+
+A dense block is a chain of BatchNorm-ReLU-3x3 convolutions in which each convolution adds
+`growth_rate` new channels and the block's output is the concatenation of its input with
+everything the convolutions made. Between blocks a transition (BatchNorm, ReLU, 1x1
+convolution, 2x2 average pooling) halves both the channels and the resolution.
+
+Departures from the book's JAX code:
+- The channel count is carried from block to block, as in the book's PyTorch code and the
+  DenseNet paper: after each dense block `num_channels += num_convs * growth_rate`, then the
+  transition halves it, so the widths run 64 -> 192 -> 96 -> 224 -> 112 -> 240 -> 120 -> 248.
+  The book's JAX `create_net` recomputes `self.num_channels + num_convs * growth_rate` for
+  every block instead, so each of its transitions outputs 96 channels whatever came in
+  (and its last block ends at 224).
+- The head averages over the whole feature map with `jnp.mean` (a true global pool) instead
+  of an average pool whose window is read off the input shape.
+- `conv_block` and `transition_block` are functions returning `nn.Sequential`, like the
+  book's PyTorch helpers, rather than the JAX tab's `ConvBlock`/`TransitionBlock` classes;
+  the layers are the same.
+
+    python -m chapters.densenet            # 10 epochs, 96x96, batch 128, SGD lr 0.01
+    python -m chapters.densenet --quick    # a smoke run of a few batches
+"""
+import sys
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+import d2lite as d2l
+from d2lite.cli import chapter_parser, run_main, train_chapter
+
+
+def conv_block(num_channels, training=True):
+    """BatchNorm, ReLU, then a 3x3 convolution to `num_channels` (the pre-activation order)."""
+    return nn.Sequential([
+        nn.BatchNorm(not training),
+        nn.relu,
+        nn.Conv(num_channels, kernel_size=(3, 3), padding="SAME"),
+    ])  # fmt: skip
+
+
+class DenseBlock(nn.Module):
+    """`num_convs` conv blocks; each sees the concatenation of the input and all earlier outputs.
+
+    The output has `input channels + num_convs * num_channels` channels (`num_channels` is
+    the growth rate).
+    """
+
+    num_convs: int
+    num_channels: int
+    training: bool = True
+
+    def setup(self):
+        self.net = [conv_block(self.num_channels, self.training) for _ in range(self.num_convs)]
+
+    def __call__(self, X):
+        for blk in self.net:
+            Y = blk(X)
+            X = jnp.concatenate((X, Y), axis=-1)  # channels last (NHWC)
+        return X
+
+
+def transition_block(num_channels, training=True):
+    """BatchNorm, ReLU, 1x1 convolution to `num_channels`, 2x2 average pooling (stride 2)."""
+    return nn.Sequential([
+        nn.BatchNorm(not training),
+        nn.relu,
+        nn.Conv(num_channels, kernel_size=(1, 1)),
+        lambda x: nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2)),
+    ])  # fmt: skip
+
+
+class DenseNet(d2l.Classifier):
+    """DenseNet: a ResNet-like stem, dense blocks with transitions between them, a global pool."""
+
+    num_channels: int = 64
+    growth_rate: int = 32
+    arch: tuple = (4, 4, 4, 4)
+    lr: float = 0.1
+    num_classes: int = 10
+    training: bool = True
+
+    def b1(self):
+        """The stem: 7x7/2 convolution, BatchNorm, ReLU, 3x3/2 max pool (a quarter of the size)."""
+        return [
+            nn.Conv(self.num_channels, kernel_size=(7, 7), strides=(2, 2), padding="SAME"),
+            nn.BatchNorm(not self.training),
+            nn.relu,
+            lambda x: nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME"),
+        ]
+
+    def setup(self):
+        layers = self.b1()
+        num_channels = self.num_channels  # carried from block to block (see the module docstring)
+        for i, num_convs in enumerate(self.arch):
+            layers.append(DenseBlock(num_convs, self.growth_rate, training=self.training))
+            num_channels += num_convs * self.growth_rate  # what the dense block outputs
+            if i != len(self.arch) - 1:  # a transition between blocks halves the channels
+                num_channels //= 2
+                layers.append(transition_block(num_channels, training=self.training))
+        layers += [
+            nn.BatchNorm(not self.training),
+            nn.relu,
+            lambda x: jnp.mean(x, axis=(1, 2)),  # global average pool, at any input size
+            nn.Dense(self.num_classes),
+        ]
+        self.net = nn.Sequential(layers)
+
+
+def parser():
+    return chapter_parser("densenet", __doc__.splitlines()[0], epochs=10, batch_size=128,
+                          lr=0.01, resize=96)  # fmt: skip
+
+
+def run(argv=None):
+    args = parser().parse_args(argv)
+    model = DenseNet(lr=args.lr)
+    model.layer_summary((1, args.resize, args.resize, 1))
+    return train_chapter(args, model)
+
+
+def main(argv=None):
+    return run_main(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""GoogLeNet (D2L section 8.4): Inception blocks, parallel branches concatenated on channels.
+
+An Inception block runs four branches side by side on the same input: a 1x1 convolution;
+a 1x1 then a 3x3 convolution; a 1x1 then a 5x5 convolution; a 3x3 max pool then a 1x1
+convolution. All keep the height and width, so their outputs (`c1`, `c2[1]`, `c3[1]` and
+`c4` channels) are concatenated along the channels. GoogLeNet is a stem (`b1`, `b2`), three
+stages of Inception blocks (`b3`, `b4`, `b5`) separated by 3x3 max pools of stride 2, a
+global average pool at the end of `b5`, and one dense layer. It trains, as in the book,
+with plain SGD at lr 0.01 on images resized to 96x96 (the book's smaller input, which
+keeps the run affordable).
+
+The model is the book's. The book's JAX code writes the global pool as an `avg_pool`
+whose window is the feature map's size; here it is NiN's `global_avg_pool` (a mean over
+height and width), which is the same and needs no flatten. Every layer pads "SAME", so
+any input size works.
+
+    python -m chapters.googlenet            # 10 epochs, 96x96, batch 128
+    python -m chapters.googlenet --quick    # a smoke run of a few batches
+"""
+import sys
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+import d2lite as d2l
+from chapters.nin import global_avg_pool
+from d2lite.cli import chapter_parser, run_main, train_chapter
+
+
+def max_pool_3x3_s2_same(x):
+    """A 3x3 max pool of stride 2 that halves the height and width (rounding up)."""
+    return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME")
+
+
+class Inception(nn.Module):
+    """Four parallel branches with `c1`, `c2[1]`, `c3[1]`, `c4` output channels, concatenated.
+
+    `c2` and `c3` are (1x1 reduction channels, output channels) of the 3x3 and 5x5 branches.
+    """
+
+    c1: int
+    c2: tuple
+    c3: tuple
+    c4: int
+
+    def setup(self):
+        self.b1_1 = nn.Conv(self.c1, kernel_size=(1, 1))
+        self.b2_1 = nn.Conv(self.c2[0], kernel_size=(1, 1))
+        self.b2_2 = nn.Conv(self.c2[1], kernel_size=(3, 3), padding="SAME")
+        self.b3_1 = nn.Conv(self.c3[0], kernel_size=(1, 1))
+        self.b3_2 = nn.Conv(self.c3[1], kernel_size=(5, 5), padding="SAME")
+        self.b4_2 = nn.Conv(self.c4, kernel_size=(1, 1))
+
+    def __call__(self, x):
+        b1 = nn.relu(self.b1_1(x))
+        b2 = nn.relu(self.b2_2(nn.relu(self.b2_1(x))))
+        b3 = nn.relu(self.b3_2(nn.relu(self.b3_1(x))))
+        b4 = nn.relu(self.b4_2(nn.max_pool(x, window_shape=(3, 3), strides=(1, 1), padding="SAME")))
+        return jnp.concatenate((b1, b2, b3, b4), axis=-1)
+
+
+class GoogleNet(d2l.Classifier):
+    """GoogLeNet: stem b1, b2; Inception stages b3, b4, b5 (global average pool); a dense layer."""
+
+    lr: float = 0.01
+    num_classes: int = 10
+
+    def setup(self):
+        self.net = nn.Sequential([self.b1(), self.b2(), self.b3(), self.b4(), self.b5(),
+                                  nn.Dense(self.num_classes)])  # fmt: skip
+
+    def b1(self):
+        """A 7x7 convolution of stride 2 and a pool: a quarter of the height and width."""
+        return nn.Sequential([
+            nn.Conv(64, kernel_size=(7, 7), strides=(2, 2), padding="SAME"), nn.relu,
+            max_pool_3x3_s2_same,
+        ])  # fmt: skip
+
+    def b2(self):
+        return nn.Sequential([
+            nn.Conv(64, kernel_size=(1, 1)), nn.relu,
+            nn.Conv(192, kernel_size=(3, 3), padding="SAME"), nn.relu,
+            max_pool_3x3_s2_same,
+        ])  # fmt: skip
+
+    def b3(self):
+        return nn.Sequential([
+            Inception(64, (96, 128), (16, 32), 32),
+            Inception(128, (128, 192), (32, 96), 64),
+            max_pool_3x3_s2_same,
+        ])  # fmt: skip
+
+    def b4(self):
+        return nn.Sequential([
+            Inception(192, (96, 208), (16, 48), 64),
+            Inception(160, (112, 224), (24, 64), 64),
+            Inception(128, (128, 256), (24, 64), 64),
+            Inception(112, (144, 288), (32, 64), 64),
+            Inception(256, (160, 320), (32, 128), 128),
+            max_pool_3x3_s2_same,
+        ])  # fmt: skip
+
+    def b5(self):
+        return nn.Sequential([
+            Inception(256, (160, 320), (32, 128), 128),
+            Inception(384, (192, 384), (48, 128), 128),
+            global_avg_pool,
+        ])  # fmt: skip
+
+
+def parser():
+    return chapter_parser("googlenet", __doc__.splitlines()[0], epochs=10, batch_size=128, lr=0.01,
+                          resize=96)  # fmt: skip
+
+
+def run(argv=None):
+    args = parser().parse_args(argv)
+    model = GoogleNet(lr=args.lr)
+    model.layer_summary((1, args.resize, args.resize, 1))
+    return train_chapter(args, model)
+
+
+def main(argv=None):
+    return run_main(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""ResNet (D2L section 8.6): residual blocks, ResNet-18 on Fashion-MNIST 96x96, and the paper's family.
+
+A residual block adds its input to what its two 3x3 convolutions make of it, so a block
+that learns nothing passes its input on: deeper networks contain the shallower ones.
+`ResNet` is the book's template (a 7x7 stem, four stages of residual blocks, a global
+average pool and a dense layer) and `ResNet18` the book's instance of it. `ResNetFamily`
+fills the same template with the blocks of the paper's Table 1 (He et al., 2016): basic
+blocks for ResNet-18/34, bottleneck blocks (1x1 reduce, 3x3, 1x1 expand 4x) for
+ResNet-50/101/152/200, as the presets `resnet18` ... `resnet200`. With 3 input channels
+and 1000 classes they have the published (torchvision) parameter counts: 11,689,512 for
+ResNet-18 and 25,557,032 for ResNet-50. The family also offers the pre-activation blocks
+of He et al.'s follow-up paper (BatchNorm-ReLU-conv, `preact=True`; the book's exercise)
+and a compute `dtype` (e.g. `jnp.bfloat16` activations with float32 parameters and
+float32 BatchNorm statistics; `Classifier.loss` already takes the loss in float32).
+
+Departures from the book's JAX code:
+- A block adds a 1x1 projection on the shortcut whenever its stride or its channel count
+  changes the shape, not only when `use_1x1conv=True` (without it, the book's code fails
+  on `Y + X`). The blocks are `nn.compact` for that: they see their input's channels.
+- The head averages over the whole feature map with `jnp.mean` (a true global pool, at any
+  input size) instead of an average pool whose window is read off the input shape.
+- The family (not the book's `ResNet18`) follows torchvision's ResNet v1.5, whose counts
+  are the published ones: convolutions without bias (a BatchNorm follows each), a BatchNorm
+  after the shortcut projection, the stride of a bottleneck on its 3x3 convolution, and the
+  last BatchNorm of each bottleneck branch initialised with scale zero, so each bottleneck
+  block starts as the identity (as in Flax's ImageNet example and Goyal et al., 2017).
+
+    python -m chapters.resnet                        # the book's ResNet18, 10 epochs, 96x96, lr 0.01
+    python -m chapters.resnet --depth 50             # ResNet-50 of the paper's family
+    python -m chapters.resnet --preact --dtype bfloat16
+    python -m chapters.resnet --quick                # a smoke run of a few batches
+"""
+import sys
+from functools import partial
+from typing import Any
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+import d2lite as d2l
+from d2lite.cli import chapter_parser, run_main, train_chapter
+
+
+def changes_shape(X, num_channels, strides):
+    """Whether a block with `num_channels` outputs and `strides` changes the shape of `X`."""
+    return X.shape[-1] != num_channels or any(s != 1 for s in strides)
+
+
+def global_avg_pool(X):
+    """(B, H, W, C) -> (B, C): the mean over the whole feature map, at any input size."""
+    return jnp.mean(X, axis=(1, 2))
+
+
+class Residual(nn.Module):
+    """The residual block of the book: two 3x3 conv-BatchNorm layers and a shortcut.
+
+    The shortcut is a 1x1 convolution (with the block's stride) when `use_1x1conv` is set
+    or the block changes the shape of its input, and the identity otherwise.
+    """
+
+    num_channels: int
+    use_1x1conv: bool = False
+    strides: tuple = (1, 1)
+    training: bool = True
+
+    @nn.compact
+    def __call__(self, X):
+        norm = partial(nn.BatchNorm, use_running_average=not self.training)
+        Y = nn.Conv(self.num_channels, kernel_size=(3, 3), strides=self.strides, padding="SAME",
+                    name="conv1")(X)  # fmt: skip
+        Y = nn.relu(norm(name="bn1")(Y))
+        Y = nn.Conv(self.num_channels, kernel_size=(3, 3), padding="SAME", name="conv2")(Y)
+        Y = norm(name="bn2")(Y)
+        if self.use_1x1conv or changes_shape(X, self.num_channels, self.strides):
+            X = nn.Conv(self.num_channels, kernel_size=(1, 1), strides=self.strides, name="conv3")(X)
+        return nn.relu(Y + X)
+
+
+class ResNet(d2l.Classifier, kw_only=True):
+    """The ResNet template: stem `b1`, one stage per `(num_residuals, num_channels)` in `arch`, head.
+
+    `self.net` has one top-level layer per part, so `layer_summary` shows the stem, each
+    stage and the head. Subclasses change the parts by overriding `conv`, `norm`, `block`
+    or `head`. The fields are keyword-only (`ResNet(arch=...)`): `arch` has no default and
+    follows fields of `d2l.Module` that have one.
+    """
+
+    arch: tuple
+    lr: float = 0.1
+    num_classes: int = 10
+    training: bool = True
+
+    def setup(self):
+        self.net = self.create_net()
+
+    def conv(self, num_channels, kernel_size, strides=(1, 1)):
+        return nn.Conv(num_channels, kernel_size, strides=strides, padding="SAME")
+
+    def norm(self):
+        return nn.BatchNorm(not self.training)
+
+    def b1(self):
+        """7x7/2 convolution to 64 channels, BatchNorm, ReLU, 3x3/2 max pool: a quarter of the size."""
+        return nn.Sequential([
+            self.conv(64, (7, 7), strides=(2, 2)),
+            self.norm(),
+            nn.relu,
+            lambda x: nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME"),
+        ])  # fmt: skip
+
+    def block(self, num_residuals, num_channels, first_block=False):
+        """A stage; its first block halves the resolution, except in the first stage (after b1)."""
+        blk = []
+        for i in range(num_residuals):
+            if i == 0 and not first_block:
+                blk.append(Residual(num_channels, use_1x1conv=True, strides=(2, 2), training=self.training))
+            else:
+                blk.append(Residual(num_channels, training=self.training))
+        return nn.Sequential(blk)
+
+    def head(self):
+        return nn.Sequential([global_avg_pool, nn.Dense(self.num_classes)])
+
+    def create_net(self):
+        stages = [self.block(*b, first_block=(i == 0)) for i, b in enumerate(self.arch)]
+        return nn.Sequential([self.b1(), *stages, self.head()])
+
+
+class ResNet18(ResNet):
+    """The book's ResNet-18: four stages of two residual blocks, 64 to 512 channels."""
+
+    arch: tuple = ((2, 64), (2, 128), (2, 256), (2, 512))
+
+
+# ------------------------------------------------------------------ the paper's family
+class ResNetBlock(nn.Module):
+    """The template of the paper's blocks: a branch of convolutions plus a shortcut.
+
+    A subclass lists its branch in `convs()` as (channels, kernel size, strides) triples.
+    Post-activation (the original paper): conv-BatchNorm(-ReLU) layers, the shortcut added,
+    then a ReLU. Pre-activation (`preact=True`, He et al., "Identity Mappings in Deep
+    Residual Networks", 2016): BatchNorm-ReLU-conv layers and a bare sum, so the shortcut
+    is a pure identity from block to block; a projection shortcut reads the first
+    pre-activated input. Projections (1x1 convolution with the block's stride) appear
+    whenever the block changes the shape of its input.
+    """
+
+    num_channels: int
+    strides: tuple = (1, 1)
+    training: bool = True
+    preact: bool = False
+    dtype: Any = jnp.float32
+    zero_init_last = False  # start the (post-activation) branch at zero: the block is the identity
+
+    def convs(self):
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, X):
+        convs = self.convs()
+        out_channels = convs[-1][0]
+        project = changes_shape(X, out_channels, self.strides)
+        conv = partial(nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype)
+        norm = partial(nn.BatchNorm, use_running_average=not self.training, dtype=self.dtype)
+        Y = X
+        if self.preact:
+            for i, (channels, size, strides) in enumerate(convs):
+                Y = nn.relu(norm(name=f"bn{i + 1}")(Y))
+                if i == 0:
+                    shortcut = conv(out_channels, (1, 1), self.strides, name="proj_conv")(Y) if project else X
+                Y = conv(channels, (size, size), strides, name=f"conv{i + 1}")(Y)
+            return Y + shortcut
+        for i, (channels, size, strides) in enumerate(convs):
+            last = i == len(convs) - 1
+            Y = conv(channels, (size, size), strides, name=f"conv{i + 1}")(Y)
+            zero = last and self.zero_init_last
+            Y = norm(scale_init=nn.initializers.zeros if zero else nn.initializers.ones, name=f"bn{i + 1}")(Y)
+            Y = Y if last else nn.relu(Y)
+        if project:
+            X = norm(name="proj_bn")(conv(out_channels, (1, 1), self.strides, name="proj_conv")(X))
+        return nn.relu(Y + X)
+
+
+class BasicBlock(ResNetBlock):
+    """Two 3x3 convolutions of `num_channels` (ResNet-18 and 34)."""
+
+    def convs(self):
+        c = self.num_channels
+        return [(c, 3, self.strides), (c, 3, (1, 1))]
+
+
+class BottleneckBlock(ResNetBlock):
+    """1x1 down to `num_channels`, 3x3 (with the stride), 1x1 up to 4x (ResNet-50 and deeper)."""
+
+    expansion = 4
+    zero_init_last = True
+
+    def convs(self):
+        c = self.num_channels
+        return [(c, 1, (1, 1)), (c, 3, self.strides), (self.expansion * c, 1, (1, 1))]
+
+
+class ResNetFamily(ResNet):
+    """The book's template with the paper's blocks: `block_cls`, `preact` and a compute `dtype`.
+
+    `arch` holds (blocks, width) per stage; a bottleneck stage outputs 4x its width.
+    """
+
+    arch: tuple = ((2, 64), (2, 128), (2, 256), (2, 512))
+    block_cls: type = BasicBlock
+    preact: bool = False
+    dtype: Any = jnp.float32
+
+    def conv(self, num_channels, kernel_size, strides=(1, 1)):
+        return nn.Conv(num_channels, kernel_size, strides=strides, padding="SAME", use_bias=False,
+                       dtype=self.dtype)  # fmt: skip
+
+    def norm(self):
+        return nn.BatchNorm(not self.training, dtype=self.dtype)
+
+    def block(self, num_residuals, num_channels, first_block=False):
+        return nn.Sequential([
+            self.block_cls(num_channels, strides=(2, 2) if i == 0 and not first_block else (1, 1),
+                           training=self.training, preact=self.preact, dtype=self.dtype)
+            for i in range(num_residuals)
+        ])  # fmt: skip
+
+    def head(self):
+        # Pre-activation blocks end on a bare sum: normalize and activate it before pooling.
+        final = [self.norm(), nn.relu] if self.preact else []
+        return nn.Sequential([*final, global_avg_pool, nn.Dense(self.num_classes, dtype=self.dtype)])
+
+
+def stages(*num_blocks):
+    """The paper's stage widths 64, 128, 256, 512 with the given numbers of blocks."""
+    return tuple(zip(num_blocks, (64, 128, 256, 512), strict=True))
+
+
+resnet18 = partial(ResNetFamily, arch=stages(2, 2, 2, 2), block_cls=BasicBlock)
+resnet34 = partial(ResNetFamily, arch=stages(3, 4, 6, 3), block_cls=BasicBlock)
+resnet50 = partial(ResNetFamily, arch=stages(3, 4, 6, 3), block_cls=BottleneckBlock)
+resnet101 = partial(ResNetFamily, arch=stages(3, 4, 23, 3), block_cls=BottleneckBlock)
+resnet152 = partial(ResNetFamily, arch=stages(3, 8, 36, 3), block_cls=BottleneckBlock)
+resnet200 = partial(ResNetFamily, arch=stages(3, 24, 36, 3), block_cls=BottleneckBlock)
+RESNETS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101, 152: resnet152, 200: resnet200}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def parser():
+    p = chapter_parser("resnet", __doc__.splitlines()[0], epochs=10, batch_size=128, lr=0.01, resize=96)
+    p.add_argument("--depth", type=int, choices=sorted(RESNETS), default=None,
+                   help="train this member of the paper's family instead of the book's ResNet18")  # fmt: skip
+    p.add_argument("--preact", action="store_true",
+                   help="pre-activation blocks (BatchNorm-ReLU-conv), in the family (depth 18 by default)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                   help="compute dtype of the family (parameters stay float32); bfloat16 implies the "
+                        "family, depth 18 by default")  # fmt: skip
+    return p
+
+
+def build_model(args):
+    """The book's ResNet18, or a member of the family when --depth, --preact or --dtype ask for one."""
+    if args.depth is None and not args.preact and args.dtype == "float32":
+        return ResNet18(lr=args.lr)
+    return RESNETS[args.depth or 18](lr=args.lr, preact=args.preact, dtype=DTYPES[args.dtype])
+
+
+def run(argv=None):
+    args = parser().parse_args(argv)
+    model = build_model(args)
+    model.layer_summary((1, args.resize, args.resize, 1))
+    return train_chapter(args, model)
+
+
+def main(argv=None):
+    return run_main(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The GoogLeNet chapter: Inception's channels, the book's shapes, the parameter count, learning."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from chapter_helpers import forward, param_count
+from flax import linen as nn
+
+from chapters import googlenet
+
+# (c1, c2, c3, c4) of the nine Inception blocks of b3, b4 and b5, as in D2L 8.4
+INCEPTIONS = [
+    (64, (96, 128), (16, 32), 32), (128, (128, 192), (32, 96), 64),
+    (192, (96, 208), (16, 48), 64), (160, (112, 224), (24, 64), 64),
+    (128, (128, 256), (24, 64), 64), (112, (144, 288), (32, 64), 64),
+    (256, (160, 320), (32, 128), 128),
+    (256, (160, 320), (32, 128), 128), (384, (192, 384), (48, 128), 128),
+]  # fmt: skip
+
+
+def test_inception_concatenates_its_four_branches():
+    Y, variables, X = forward(googlenet.Inception(3, (4, 5), (2, 7), 6), (2, 5, 5, 4))
+    assert Y.shape == (2, 5, 5, 3 + 5 + 7 + 6)  # c1 + c2[1] + c3[1] + c4, same height and width
+    assert bool((Y >= 0).all())  # every branch ends in a ReLU
+    # In the book's order: the 1x1 branch first, the pooling branch last.
+    params = variables["params"]
+
+    def conv1x1(x, name):
+        return jax.nn.relu(x @ params[name]["kernel"][0, 0] + params[name]["bias"])
+
+    np.testing.assert_allclose(Y[..., :3], conv1x1(X, "b1_1"), rtol=1e-5, atol=1e-6)
+    pooled = nn.max_pool(X, (3, 3), strides=(1, 1), padding="SAME")
+    np.testing.assert_allclose(Y[..., -6:], conv1x1(pooled, "b4_2"), rtol=1e-5, atol=1e-6)
+    first = googlenet.Inception(*INCEPTIONS[0])
+    out = jax.eval_shape(first.init_with_output, jax.random.PRNGKey(0), jnp.zeros((1, 12, 12, 192)))[0]
+    assert out.shape == (1, 12, 12, 64 + 128 + 32 + 32)
+
+
+def test_layer_summary_matches_the_book():  # D2L 8.4, on a (1, 96, 96, 1) input
+    assert googlenet.GoogleNet().layer_summary((1, 96, 96, 1)) == [
+        ("Sequential", (1, 24, 24, 64)), ("Sequential", (1, 12, 12, 192)),
+        ("Sequential", (1, 6, 6, 480)), ("Sequential", (1, 3, 3, 832)),
+        ("Sequential", (1, 1024)), ("Dense", (1, 10)),
+    ]  # fmt: skip
+
+
+def test_any_input_size_works():
+    for size in (1, 32, 224):
+        assert googlenet.GoogleNet().layer_summary((1, size, size, 1))[-2:] == [
+            ("Sequential", (1, 1024)), ("Dense", (1, 10))]  # fmt: skip
+
+
+def test_parameter_count():
+    def inception(c_in, c1, c2, c3, c4):
+        return (c_in * c1 + c1) + (c_in * c2[0] + c2[0]) + (9 * c2[0] * c2[1] + c2[1]) \
+            + (c_in * c3[0] + c3[0]) + (25 * c3[0] * c3[1] + c3[1]) + (c_in * c4 + c4)
+
+    expected = (49 * 1 * 64 + 64) + (64 * 64 + 64) + (9 * 64 * 192 + 192)  # b1, b2
+    channels = 192
+    for c1, c2, c3, c4 in INCEPTIONS:
+        expected += inception(channels, c1, c2, c3, c4)
+        channels = c1 + c2[1] + c3[1] + c4
+    expected += 1024 * 10 + 10
+    assert channels == 1024
+    assert param_count(googlenet.GoogleNet(), (1, 96, 96, 1)) == expected == 5_977_530
+
+
+def test_quick_run_learns(tmp_path):
+    # 32x32 inputs and a small batch keep this to seconds. Without BatchNorm the loss moves
+    # slowly at the book's lr 0.01, so the smoke run uses 0.1.
+    trainer = googlenet.run(["--quick", "--resize", "32", "--batch-size", "8", "--epochs", "3",
+                             "--lr", "0.1", "--out-dir", str(tmp_path)])  # fmt: skip
+    losses = [record["train_loss"] for record in trainer.history]
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
+    assert losses[-1] < losses[0]

@@ -1,0 +1,56 @@
+"""The NiN chapter: the book's shapes, a real global average pool, the parameter count, learning."""
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from chapter_helpers import forward, param_count
+
+import d2lite as d2l
+from chapters import nin
+
+
+def test_layer_summary_matches_the_book():
+    # D2L 8.3 on (1, 224, 224, 1); the book's fixed 5x5 avg_pool + flatten are one global pool.
+    assert nin.NiN().layer_summary((1, 224, 224, 1)) == [
+        ("Sequential", (1, 54, 54, 96)), ("max_pool_3x3_s2", (1, 26, 26, 96)),
+        ("Sequential", (1, 26, 26, 256)), ("max_pool_3x3_s2", (1, 12, 12, 256)),
+        ("Sequential", (1, 12, 12, 384)), ("max_pool_3x3_s2", (1, 5, 5, 384)),
+        ("Dropout", (1, 5, 5, 384)), ("Sequential", (1, 5, 5, 10)), ("global_avg_pool", (1, 10)),
+    ]  # fmt: skip
+
+
+def test_parameter_count():
+    def block(c_in, c_out, k):
+        return (k * k * c_in * c_out + c_out) + 2 * (c_out * c_out + c_out)
+
+    expected = block(1, 96, 11) + block(96, 256, 5) + block(256, 384, 3) + block(384, 10, 3)
+    assert param_count(nin.NiN(), (1, 224, 224, 1)) == expected == 1_992_166
+
+
+@pytest.mark.parametrize("size", [96, 224])
+def test_runs_at_96_and_224(size):
+    # At 96x96 the last feature map is 1x1: the book's fixed 5x5 pool would leave nothing.
+    logits, _, _ = forward(nin.NiN(training=False), (1, size, size, 1))
+    assert logits.shape == (1, 10) and bool(jnp.isfinite(logits).all())
+
+
+def test_global_avg_pool_averages_the_whole_map():
+    x = jnp.arange(2 * 3 * 5 * 4, dtype=jnp.float32).reshape(2, 3, 5, 4)
+    np.testing.assert_allclose(nin.global_avg_pool(x), np.asarray(x).mean(axis=(1, 2)))
+
+
+def test_smallest_input_is_67_pixels():
+    assert nin.NiN().layer_summary((1, 67, 67, 1))[-1] == ("global_avg_pool", (1, 10))
+    with pytest.raises(d2l.D2LiteError, match="use a larger resize"):
+        nin.NiN().layer_summary((1, 66, 66, 1))
+
+
+def test_quick_run_learns(tmp_path):
+    # The smallest input and a small batch keep each step cheap. NiN starts on a long plateau
+    # (its logits are averages of ReLU outputs), so the smoke run takes 40 steps at lr 0.1.
+    trainer = nin.run(["--quick", "--resize", "67", "--batch-size", "8", "--epochs", "4",
+                       "--lr", "0.1", "--out-dir", str(tmp_path)])  # fmt: skip
+    losses = [record["train_loss"] for record in trainer.history]
+    assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
+    assert losses[-1] < losses[0]
