@@ -1,4 +1,6 @@
 """Shared test fixtures: a tiny synthetic classification task and a tiny CNN."""
+import signal
+
 import numpy as np
 import pytest
 from flax import linen as nn
@@ -61,3 +63,12 @@ def quiet_trainer(tmp_path):
         return d2l.Trainer(out_dir=str(tmp_path / "run"), progress=False, **kwargs)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Some tests press Ctrl-C themselves: make SIGINT raise KeyboardInterrupt even when the
+    test run started with it ignored (as a background job of a non-interactive shell)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
