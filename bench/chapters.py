@@ -59,7 +59,7 @@ def main(names):
         params = sum(p.size for p in jax.tree.leaves(trainer.state.params))
         step = trainer.history[-1]["seconds"] / trainer.num_train_batches
         first = time.perf_counter() - started - trainer.history[-1]["seconds"]
-        print(f"{name:20} {params:11,} {size:4}x{size:<3} {batch:5} {step:7.3f} {batch / step:7.0f} "
+        print(f"{name:20} {params:11,} {size:4}x{size:<3} {batch:5} {step:7.4g} {batch / step:7.0f} "
               f"{first:13.1f}", flush=True)  # fmt: skip
 
 
