@@ -155,10 +155,14 @@ def _probe(url: str) -> None:
 
 def _download(dest: Path, base_url: str, checksums: dict) -> None:
     """Downloads all four files, moving them into `dest` only once every one is verified."""
-    import tensorflow_datasets as tfds  # slow to import: only when we really download
+    # tensorflow-datasets' TensorFlow-free parts; slow to import, so only when we download.
     from tensorflow_datasets.core.download.checksums import UrlInfo
-    from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
+    from tensorflow_datasets.core.download.download_manager import (
+        DownloadManager,
+        NonMatchingChecksumError,
+    )
     from tensorflow_datasets.core.download.util import DownloadError
+    from tensorflow_datasets.core.units import Size
 
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -170,9 +174,9 @@ def _download(dest: Path, base_url: str, checksums: dict) -> None:
     try:
         # Every file tfds writes (its `*.tmp.*` folders, `.INFO` files, `extracted/`) stays in
         # `tmp`, which goes away below whatever happens; a file mismatching its checksum too.
-        manager = tfds.download.DownloadManager(
+        manager = DownloadManager(
             download_dir=tmp, force_checksums_validation=True,
-            url_infos={url: UrlInfo(size=tfds.core.units.Size(checksums[name][0]),
+            url_infos={url: UrlInfo(size=Size(checksums[name][0]),
                                     checksum=checksums[name][1], filename=name)
                        for name, url in urls.items()})
         downloaded = {}
