@@ -157,7 +157,6 @@ def build_model(args):
 def run(argv=None):
     args = parser().parse_args(argv)
     model = build_model(args)
-    model.layer_summary((1, args.resize, args.resize, 1))
     return train_chapter(args, model)
 
 

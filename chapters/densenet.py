@@ -115,7 +115,6 @@ def parser():
 def run(argv=None):
     args = parser().parse_args(argv)
     model = DenseNet(lr=args.lr)
-    model.layer_summary((1, args.resize, args.resize, 1))
     return train_chapter(args, model)
 
 

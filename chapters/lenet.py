@@ -66,7 +66,6 @@ def run(argv=None):
     args = parser().parse_args(argv)
     args.lr = args.lr or DEFAULT_LR[args.optimizer]
     model = LeNet(lr=args.lr, optimizer=args.optimizer)
-    model.layer_summary((1, args.resize, args.resize, 1))
     return train_chapter(args, model)
 
 

@@ -71,7 +71,6 @@ def parser():
 def run(argv=None):
     args = parser().parse_args(argv)
     model = NiN(lr=args.lr)
-    model.layer_summary((1, args.resize, args.resize, 1))
     return train_chapter(args, model)
 
 

@@ -149,7 +149,6 @@ def parser():
 def run(argv=None):
     args = parser().parse_args(argv)
     model = resnet18_nnx(lr=args.lr, width=args.width)
-    model.layer_summary((1, args.resize, args.resize, 1))
     return train_chapter(args, model)
 
 

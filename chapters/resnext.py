@@ -129,7 +129,6 @@ def parser():
 def run(argv=None):
     args = parser().parse_args(argv)
     model = ResNeXt(lr=args.lr, groups=args.groups, bot_mul=args.bot_mul)
-    model.layer_summary((1, args.resize, args.resize, 1))
     return train_chapter(args, model)
 
 

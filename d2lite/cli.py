@@ -97,7 +97,9 @@ def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
 
 
 def train_chapter(args, model):
-    """Fit `model` on Fashion-MNIST as the parsed flags say; return the Trainer."""
+    """Print the model's layer summary, fit it on Fashion-MNIST as the parsed flags say, and
+    return the Trainer."""
+    model.layer_summary((1, args.resize, args.resize, 1))
     subset = {}
     args.epochs = args.epochs or (2 if args.quick else args.default_epochs)
     if args.quick:
