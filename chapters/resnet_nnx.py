@@ -18,8 +18,11 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.core import FrozenDict
 
+from chapters.resnet import BN_MOMENTUM
 from d2lite.cli import chapter_parser, run_main, train_chapter
 from d2lite.nnx_adapter import NNXClassifier
+
+BatchNorm = partial(nnx.BatchNorm, momentum=BN_MOMENTUM)
 
 
 class ResidualBlock(nnx.Module):
@@ -30,12 +33,12 @@ class ResidualBlock(nnx.Module):
     def __init__(self, in_features, features, strides=1, *, rngs):
         conv = partial(nnx.Conv, padding="SAME", use_bias=False, rngs=rngs)
         self.conv1 = conv(in_features, features, (3, 3), strides=strides)
-        self.bn1 = nnx.BatchNorm(features, rngs=rngs)
+        self.bn1 = BatchNorm(features, rngs=rngs)
         self.conv2 = conv(features, features, (3, 3))
-        self.bn2 = nnx.BatchNorm(features, rngs=rngs)
+        self.bn2 = BatchNorm(features, rngs=rngs)
         project = strides != 1 or in_features != features
         self.projection = conv(in_features, features, (1, 1), strides=strides) if project else None
-        self.projection_bn = nnx.BatchNorm(features, rngs=rngs) if project else None
+        self.projection_bn = BatchNorm(features, rngs=rngs) if project else None
 
     def __call__(self, x, *, train):
         out = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
@@ -54,15 +57,15 @@ class BottleneckBlock(nnx.Module):
         conv = partial(nnx.Conv, padding="SAME", use_bias=False, rngs=rngs)
         out_features = features * self.expansion
         self.conv1 = conv(in_features, features, (1, 1))
-        self.bn1 = nnx.BatchNorm(features, rngs=rngs)
+        self.bn1 = BatchNorm(features, rngs=rngs)
         self.conv2 = conv(features, features, (3, 3), strides=strides)
-        self.bn2 = nnx.BatchNorm(features, rngs=rngs)
+        self.bn2 = BatchNorm(features, rngs=rngs)
         self.conv3 = conv(features, out_features, (1, 1))
         # Zero scale: each block starts as the identity, which helps deep networks train.
-        self.bn3 = nnx.BatchNorm(out_features, scale_init=nnx.initializers.zeros_init(), rngs=rngs)
+        self.bn3 = BatchNorm(out_features, scale_init=nnx.initializers.zeros_init(), rngs=rngs)
         project = strides != 1 or in_features != out_features
         self.projection = conv(in_features, out_features, (1, 1), strides=strides) if project else None
-        self.projection_bn = nnx.BatchNorm(out_features, rngs=rngs) if project else None
+        self.projection_bn = BatchNorm(out_features, rngs=rngs) if project else None
 
     def __call__(self, x, *, train):
         out = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
@@ -78,7 +81,7 @@ class Stem(nnx.Module):
 
     def __init__(self, in_features, features, *, rngs):
         self.conv = nnx.Conv(in_features, features, (7, 7), strides=2, padding="SAME", rngs=rngs)
-        self.bn = nnx.BatchNorm(features, rngs=rngs)
+        self.bn = BatchNorm(features, rngs=rngs)
 
     def __call__(self, x, *, train):
         x = nnx.relu(self.bn(self.conv(x), use_running_average=not train))
