@@ -7,12 +7,14 @@ Each (model, method) runs in its own process, so each peak memory is its own. Me
 - pure:    one jitted step (forward, backward, optax update, BatchNorm stats) on a batch
            already on the device: the hardware's speed for this model, no framework.
 - d2lite:  `Trainer.fit` for a fixed number of steps (the epoch after the compiling one).
+- bf16:    the same with `Trainer(precision="bfloat16")`: bfloat16 compute, float32 state.
 - book:    the loop of the book's JAX Trainer: jit around the loss and gradients only, the
            optimizer update and BatchNorm bookkeeping outside jit, batches resized on the
            host, and a host sync per step for plotting.
 - torch:   a PyTorch eager loop with the same architecture (if torch is installed:
            `pip install torch==2.13.0`, or `make bench`).
 Times are medians over steps after warm-up; ratios compare methods measured in this run.
+The persistent compilation cache is off here, so compile times are real compilations.
 """
 import argparse
 import json
@@ -95,7 +97,7 @@ def run_pure(name, size, steps):
             "compiles": compiles.count, "steady_compiles": 0}  # fmt: skip
 
 
-def run_d2lite(name, size, steps, steps_per_dispatch):
+def run_d2lite(name, size, steps, steps_per_dispatch, precision="float32"):
     import d2lite as d2l
 
     data = d2l.FashionMNIST(batch_size=BATCH, resize=(size, size), num_train=BATCH * steps,
@@ -108,7 +110,8 @@ def run_d2lite(name, size, steps, steps_per_dispatch):
                 super().fit_epoch()
             compiles_per_epoch.append(compiles)
 
-    trainer = Counting(max_epochs=2, progress=False, plot=False, steps_per_dispatch=steps_per_dispatch)
+    trainer = Counting(max_epochs=2, progress=False, plot=False, steps_per_dispatch=steps_per_dispatch,
+                       precision=precision)  # fmt: skip
     trainer.fit(flax_model(name), data)
     first, second = compiles_per_epoch
     return {"step_s": trainer.history[-1]["seconds"] / trainer.num_train_batches,
@@ -233,8 +236,9 @@ def child(args):
     method = args.method
     if method == "pure":
         result = run_pure(args.models[0], size, args.steps)
-    elif method == "d2lite":
-        result = run_d2lite(args.models[0], size, args.steps, args.steps_per_dispatch)
+    elif method in ("d2lite", "bf16"):
+        precision = "bfloat16" if method == "bf16" else "float32"
+        result = run_d2lite(args.models[0], size, args.steps, args.steps_per_dispatch, precision)
     elif method == "book":
         result = run_book(args.models[0], size, args.steps)
     else:
@@ -246,7 +250,8 @@ def child(args):
 def measure(model, method, steps, steps_per_dispatch):
     command = [sys.executable, "-m", "bench.bench", "--child", method, "--models", model,
                "--steps", str(steps), "--steps-per-dispatch", str(steps_per_dispatch)]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True)
+    uncached = dict(os.environ, D2LITE_COMPILE_CACHE="0")
+    done = subprocess.run(command, capture_output=True, text=True, env=uncached)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -285,7 +290,7 @@ def main(argv=None):
         return child(args)
 
     print(machine())
-    methods = ["pure", "d2lite", "book"] + (["torch"] if torch_available() else [])
+    methods = ["pure", "d2lite", "bf16", "book"] + (["torch"] if torch_available() else [])
     if "torch" not in methods:
         print("(PyTorch is not installed: `pip install torch==2.13.0` adds the torch column)")
     header = (f"{'model':9} {'method':7} {'step ms':>9} {'ex/s':>8} {'d2lite/x':>9} "

@@ -1,11 +1,13 @@
 """The command line every chapter shares: flags, a smoke mode, runs that resume, one-line errors."""
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from . import runs
 from .data import FashionMNIST
 from .errors import D2LiteError
+from .precision import PRECISIONS
 from .trainer import Trainer, TrainingInterrupted
 
 QUICK_BATCHES = 10  # training batches per epoch in --quick mode (2 validation batches)
@@ -72,6 +74,10 @@ def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
                         help="learning rate" + ("" if lr else " (default: the optimizer's)"))
     parser.add_argument("--resize", type=positive_int, default=resize,
                         help="image height and width in pixels (Fashion-MNIST is 28)")  # fmt: skip
+    parser.add_argument("--num-train", type=positive_int, default=None, metavar="N",
+                        help="train on the first N training images (default: all 60000)")  # fmt: skip
+    parser.add_argument("--num-val", type=positive_int, default=None, metavar="N",
+                        help="validate on the first N test images (default: all 10000)")  # fmt: skip
     parser.add_argument("--data-dir", default=None,
                         help="folder with the four Fashion-MNIST .gz files "
                              "(default: $D2LITE_DATA, user cache, Debian package, download)")  # fmt: skip
@@ -89,21 +95,32 @@ def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
                              "images with their true and predicted labels, mistakes first")  # fmt: skip
     parser.add_argument("--steps-per-dispatch", type=positive_int, default=1,
                         help="training steps per jitted call (helps small models)")  # fmt: skip
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="compute dtype of the forward and backward passes; parameters, optimizer "
+                             "state and loss stay float32")  # fmt: skip
+    parser.add_argument("--distributed", action="store_true",
+                        help="several hosts: join them with jax.distributed.initialize() first (Slurm, "
+                             "Open MPI and TPU pods are detected; else set JAX_COORDINATOR_ADDRESS "
+                             "(host:port), JAX_NUM_PROCESSES and JAX_PROCESS_ID); each batch is split "
+                             "over all devices")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: {QUICK_BATCHES} batches per epoch, 2 epochs unless "
-                             "--epochs is given, 2 validation batches")  # fmt: skip
+                        help=f"smoke run: {QUICK_BATCHES} batches per epoch, 2 epochs, 2 validation batches, "
+                             "unless --epochs, --num-train or --num-val say otherwise")  # fmt: skip
     return parser
 
 
 def train_chapter(args, model):
     """Print the model's layer summary, fit it on Fashion-MNIST as the parsed flags say, and
     return the Trainer."""
+    if args.distributed:
+        start_distributed()
     model.layer_summary((1, args.resize, args.resize, 1))
-    subset = {}
     args.epochs = args.epochs or (2 if args.quick else args.default_epochs)
     if args.quick:
-        subset = {"num_train": QUICK_BATCHES * args.batch_size, "num_val": 2 * args.batch_size}
+        args.num_train = args.num_train or QUICK_BATCHES * args.batch_size
+        args.num_val = args.num_val or 2 * args.batch_size
+    subset = {"num_train": args.num_train, "num_val": args.num_val}
     data = FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
                         data_dir=args.data_dir, **subset)  # fmt: skip
     run_dir = args.out_dir or runs.new_run_dir(Path(RUNS) / args.chapter)
@@ -112,7 +129,7 @@ def train_chapter(args, model):
     trainer = Trainer(max_epochs=args.epochs, seed=args.seed, run_dir=None if args.resume else run_dir,
                       resume=args.resume, keep_checkpoints=args.keep_checkpoints,
                       run_info={"chapter": args.chapter, "args": flags},
-                      steps_per_dispatch=args.steps_per_dispatch)  # fmt: skip
+                      steps_per_dispatch=args.steps_per_dispatch, precision=args.precision)  # fmt: skip
     try:
         trainer.fit(model, data)
     except TrainingInterrupted as stop:
@@ -127,6 +144,27 @@ def train_chapter(args, model):
         plot_predictions(trainer, path=path)
         print(f"predictions: {path}")
     return trainer
+
+
+def start_distributed():
+    """Join the other processes of a multi-host run (before JAX computes anything)."""
+    import jax
+
+    counts = {}  # JAX reads JAX_COORDINATOR_ADDRESS itself, but not these two
+    for name, variable in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+        if os.environ.get(variable):
+            try:
+                counts[name] = int(os.environ[variable])
+            except ValueError:
+                raise D2LiteError(f"{variable} must be an integer, got {os.environ[variable]!r}") from None
+    try:
+        jax.distributed.initialize(**counts)
+    except (RuntimeError, ValueError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise D2LiteError(f"--distributed: could not join the other processes ({first}); on one "
+                          "machine leave it out: all its devices are used anyway") from error  # fmt: skip
+    print(f"distributed: process {jax.process_index()} of {jax.process_count()}, "
+          f"{jax.device_count()} devices in all", flush=True)  # fmt: skip
 
 
 def run_main(run, argv):

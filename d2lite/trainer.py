@@ -8,7 +8,8 @@ Per fit there are two compiled programs, both with fixed shapes:
 - `eval_batch` adds one batch's masked per-example metrics to running sums on the device;
   the validation set is padded to whole batches once, so every example counts exactly once.
 Epochs differ only in traced values (the permutation, the chunk start), so nothing
-recompiles after the first epoch.
+recompiles after the first epoch. With several devices each batch is split over them
+(parallel.py); `precision="bfloat16"` computes in bfloat16 around float32 state (precision.py).
 
 With a run directory the host also writes, between epochs, the metrics and a checkpoint
 (runs.py, checkpoint.py). A run resumes exactly: epoch e's batches come from the permutation
@@ -38,6 +39,8 @@ from .board import ProgressBoard, ProgressLine
 from .errors import D2LiteError
 from .hparams import HyperParameters
 from .module import Classifier, for_evaluation, input_error
+from .parallel import DataParallel, to_host
+from .precision import compute_dtype, compute_in
 
 
 class TrainState(train_state.TrainState):
@@ -58,9 +61,12 @@ class TrainingInterrupted(KeyboardInterrupt):
 class Trainer(HyperParameters):
     """Fit a `Module` to a `DataModule`: `Trainer(max_epochs=10).fit(model, data)`.
 
-    `num_gpus` is accepted for the book's code and ignored: JAX uses its default devices.
-    `steps_per_dispatch` runs several steps per call, for small models that Python would
-    otherwise slow down. `limit_train_batches`/`limit_val_batches` shorten epochs for smoke
+    `num_gpus` is accepted for the book's code and ignored: the Trainer trains data-parallel
+    on all of `devices` (default: `jax.devices()`, every GPU or TPU there is), each batch
+    split evenly over them. `precision="bfloat16"` computes forward and backward passes in
+    bfloat16 while parameters, optimizer state, BatchNorm statistics and the loss stay
+    float32. `steps_per_dispatch` runs several steps per call, for small models that Python
+    would otherwise slow down. `limit_train_batches`/`limit_val_batches` shorten epochs for smoke
     runs.
 
     Without `run_dir`, a fit keeps its results in memory and writes only the live plot, to
@@ -75,7 +81,7 @@ class Trainer(HyperParameters):
     def __init__(self, max_epochs, num_gpus=0, gradient_clip_val=0, *, seed=0, out_dir=None,
                  run_dir=None, resume=None, keep_checkpoints=3, run_info=None,
                  steps_per_dispatch=1, limit_train_batches=None, limit_val_batches=None,
-                 progress=True, plot=True):  # fmt: skip
+                 devices=None, precision="float32", progress=True, plot=True):  # fmt: skip
         positive_ints = {"max_epochs": max_epochs, "steps_per_dispatch": steps_per_dispatch,
                          "keep_checkpoints": keep_checkpoints}  # fmt: skip
         positive_ints.update(limit_train_batches=limit_train_batches or 1,
@@ -87,6 +93,7 @@ class Trainer(HyperParameters):
             raise D2LiteError(
                 f"gradient_clip_val must be >= 0 (0 turns clipping off), got {gradient_clip_val!r}"
             )
+        compute_dtype(precision)  # a one-line error now rather than in fit
         if resume is True and run_dir is None:
             raise D2LiteError("resume=True continues the run in run_dir: give run_dir (or resume=PATH)")
         if run_dir is not None and out_dir is not None and Path(run_dir) != Path(out_dir):
@@ -110,12 +117,15 @@ class Trainer(HyperParameters):
                 f"batch_size {batch_size} is larger than the {num_train} training examples: "
                 f"use a batch_size of at most {num_train}"
             )
+        self.parallel = DataParallel(self.devices)
+        self.parallel.check_batch_size(batch_size)
+        self.unroll_chunks = self.parallel.devices[0].platform == "cpu"
         self.batch_size = batch_size
         self.num_train_batches = num_train // batch_size  # the last partial batch is dropped
         if self.limit_train_batches:
             self.num_train_batches = min(self.num_train_batches, self.limit_train_batches)
         self.num_train_examples = num_train
-        self.train_arrays = jax.device_put(train)
+        self.train_arrays = self.parallel.replicate(train)
 
         # Pad validation to whole batches once; the mask keeps the padding out of the means.
         self.num_val_batches = math.ceil(len(val[-1]) / batch_size)
@@ -124,8 +134,8 @@ class Trainer(HyperParameters):
         self.num_val_examples = min(len(val[-1]), self.num_val_batches * batch_size)
         padded = self.num_val_batches * batch_size
         val = tuple(a[: self.num_val_examples] for a in val)
-        self.val_arrays = jax.device_put(tuple(_pad_rows(a, padded) for a in val))
-        self.val_mask = jax.device_put(np.arange(padded) < self.num_val_examples)
+        self.val_arrays = self.parallel.replicate(tuple(_pad_rows(a, padded) for a in val))
+        self.val_mask = self.parallel.replicate(np.arange(padded) < self.num_val_examples)
 
     def prepare_model(self, model):
         object.__setattr__(model, "trainer", self)  # the book's model.plot() reads model.trainer
@@ -157,13 +167,14 @@ class Trainer(HyperParameters):
         tx = self.model.configure_optimizers()
         if self.gradient_clip_val > 0:  # the book's JAX Trainer accepts this and ignores it
             tx = optax.chain(optax.clip_by_global_norm(self.gradient_clip_val), tx)
-        return TrainState.create(
-            apply_fn=self.model.apply,
+        state = TrainState.create(
+            apply_fn=compute_in(self.precision, self.model.apply),
             params=variables["params"],
             batch_stats=variables.get("batch_stats", {}),
             dropout_rng=dropout_key,
             tx=tx,
         )
+        return self.parallel.replicate(state)
 
     def _check_shapes(self, inputs, outputs, intermediates):
         name = type(self.model).__name__
@@ -183,7 +194,7 @@ class Trainer(HyperParameters):
 
     # ------------------------------------------------------------------ compiled programs
     def _compile_programs(self):
-        model, preprocess = self.model, self.data.preprocess
+        model, preprocess, parallel = self.model, self.data.preprocess, self.parallel
         batch_size, num_batches = self.batch_size, self.num_train_batches
 
         def epoch_order(key, epoch):
@@ -191,7 +202,8 @@ class Trainer(HyperParameters):
             return perm[: num_batches * batch_size].reshape(num_batches, batch_size)
 
         def train_step(state, arrays, indices):
-            batch = preprocess(tuple(a[indices] for a in arrays))
+            indices = parallel.split(indices)  # each device gathers and runs its own slice
+            batch = jax.tree.map(parallel.split, preprocess(tuple(a[indices] for a in arrays)))
             dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
             (loss, updates), grads = model.training_step(
                 state.params, batch, state.replace(dropout_rng=dropout_rng)
@@ -203,23 +215,25 @@ class Trainer(HyperParameters):
             indices = lax.dynamic_slice_in_dim(order, start, num_steps)
             if num_steps == 1:
                 state, loss = train_step(state, arrays, indices[0])
-                return state, loss[None]
-            # Unrolled: XLA's CPU backend runs a loop body about 3x slower than the same
-            # step outside a loop.
-            return lax.scan(lambda s, i: train_step(s, arrays, i), state, indices,
-                            unroll=num_steps)  # fmt: skip
+                losses = loss[None]
+            else:  # unrolled on CPU, whose loops run ~3x slower than straight code; GPUs loop fine
+                unroll = num_steps if self.unroll_chunks else 1
+                state, losses = lax.scan(lambda s, i: train_step(s, arrays, i), state, indices,
+                                         unroll=unroll)  # fmt: skip
+            return parallel.keep_replicated(state), losses
 
-        eval_apply = self.eval_model.apply
+        eval_apply = compute_in(self.precision, self.eval_model.apply)
 
         def eval_batch(state, arrays, mask, index, totals):
-            rows = [lax.dynamic_slice_in_dim(a, index * batch_size, batch_size) for a in arrays]
-            weights = lax.dynamic_slice_in_dim(mask, index * batch_size, batch_size)
+            rows = [parallel.split(lax.dynamic_slice_in_dim(a, index * batch_size, batch_size))
+                    for a in arrays]  # fmt: skip
+            weights = parallel.split(lax.dynamic_slice_in_dim(mask, index * batch_size, batch_size))
             eval_state = state.replace(apply_fn=eval_apply)
             metrics = model.validation_step(state.params, preprocess(tuple(rows)), eval_state)
             sums = {k: (v.reshape(batch_size, -1).mean(1) * weights).sum() for k, v in metrics.items()}
             return sums if totals is None else jax.tree.map(jnp.add, totals, sums)
 
-        self._epoch_order = jax.jit(epoch_order)
+        self._epoch_order = jax.jit(epoch_order, out_shardings=parallel.replicated)
         self._train_chunk = jax.jit(train_chunk, donate_argnums=0, static_argnames="num_steps")
         self._eval_batch = jax.jit(eval_batch, donate_argnums=4)
 
@@ -230,7 +244,7 @@ class Trainer(HyperParameters):
         self.prepare_data(data)
         self.prepare_model(model)
         key = jax.random.PRNGKey(self.seed) if key is None else key
-        init_key, self._shuffle_key = jax.random.split(key)
+        init_key, shuffle_key = jax.random.split(key)
         self.epoch = self.train_batch_idx = self.val_batch_idx = 0
         self.history = []
         self._partial_epoch = None  # (position, losses, seconds) of an epoch resumed midway
@@ -240,6 +254,7 @@ class Trainer(HyperParameters):
         try:
             resume_meta = self._open_run(resume_step)
             self.state = self.init_state(init_key)
+            self._shuffle_key = self.parallel.replicate(shuffle_key)
             self._compile_programs()
             if resume_meta is not None:
                 self._restore(resume_meta)
@@ -290,7 +305,7 @@ class Trainer(HyperParameters):
             newly_done = sum(len(c) for c in ready) - done
             done += newly_done
             if done // plot_every > plotted:  # a plot point is due: read the losses
-                values = np.concatenate([np.asarray(c) for c in ready])
+                values = np.concatenate([to_host(c) for c in ready])
                 if not np.isfinite(values).all():  # on the host already: checking is free
                     raise self._nonfinite_loss(values)
                 while (plotted + 1) * plot_every <= done:
@@ -299,10 +314,10 @@ class Trainer(HyperParameters):
                     self.train_batch_idx = self.epoch * self.num_train_batches + plotted * plot_every
                     self.model.plot("loss", float(window.mean()), train=True)
             # The live line shows the latest loss; reading it costs a transfer, so only on a TTY.
-            latest = float(np.asarray(ready[-1])[-1]) if self.progress_line.tty else None
+            latest = float(to_host(ready[-1])[-1]) if self.progress_line.tty else None
             self.progress_line.advance(newly_done, loss=latest)
         self.train_batch_idx = (self.epoch + 1) * self.num_train_batches
-        values = np.concatenate([np.asarray(c) for c in losses])
+        values = np.concatenate([to_host(c) for c in losses])
         if not np.isfinite(values).all():
             raise self._nonfinite_loss(values)
         seconds = seconds_before + time.perf_counter() - started
@@ -445,7 +460,7 @@ class Trainer(HyperParameters):
         step = finished * self.num_train_batches + position
         meta = {
             "epoch": finished, "position": position, "seconds_in_epoch": seconds,
-            "losses_in_epoch": [float(v) for c in losses for v in np.asarray(c)][:position],
+            "losses_in_epoch": [float(v) for c in losses for v in to_host(c)][:position],
             "wall_time": self._wall_time(), "history": self.history,
             "board": {label: [list(p) for p in points] for label, points in self.board.data.items()},
             "settings": self._settings(),
@@ -470,8 +485,8 @@ class Trainer(HyperParameters):
                 "the model code the run was trained with"
             )
         arrays = self.checkpoints.restore(meta["step"], like)
-        self.state = serialization.from_state_dict(self.state, arrays["state"])
-        self._shuffle_key = arrays["shuffle_key"]
+        self.state = self.parallel.replicate(serialization.from_state_dict(self.state, arrays["state"]))
+        self._shuffle_key = self.parallel.replicate(arrays["shuffle_key"])
         self.checkpoints.discard_after(meta["step"])  # a resume from an older checkpoint forks
         self.epoch, position = meta["epoch"], meta["position"]
         self.history = meta["history"]
@@ -511,7 +526,7 @@ class Trainer(HyperParameters):
         totals = None
         for index in range(self.num_val_batches):
             totals = self._eval_batch(self.state, self.val_arrays, self.val_mask, index, totals)
-        return {name: float(value) / self.num_val_examples for name, value in totals.items()}
+        return {name: float(to_host(value)) / self.num_val_examples for name, value in totals.items()}
 
 
 def _shapes(arrays):

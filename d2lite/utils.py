@@ -56,7 +56,7 @@ class CompileCount:
 
 @contextlib.contextmanager
 def count_compiles():
-    """Count backend compilations with JAX's own monitoring events.
+    """Count backend compilations (a load from the persistent cache counts too) with JAX's events.
 
     >>> with count_compiles() as compiles:
     ...     step(state)

@@ -1,5 +1,10 @@
 """Shared test fixtures: a tiny synthetic classification task and a tiny CNN."""
+import os
 import signal
+
+# Tests compile from scratch, so compile counts and timings do not depend on earlier runs
+# (test_compile_cache.py turns the cache on in its own processes).
+os.environ["D2LITE_COMPILE_CACHE"] = "0"
 
 import numpy as np
 import pytest

@@ -19,11 +19,20 @@ def test_loss_falls_and_history_is_recorded(blobs, quiet_trainer):
     assert trainer.state.step == 4 * (256 // 32)
 
 
-def test_steps_per_dispatch_gives_the_same_training(blobs, quiet_trainer):
+@pytest.mark.parametrize("unroll", [True, False])  # unrolled on CPU, a loop on GPUs
+def test_steps_per_dispatch_gives_the_same_training(blobs, quiet_trainer, unroll):
+    class Chunked(d2l.Trainer):
+        def prepare_data(self, data):
+            super().prepare_data(data)
+            self.unroll_chunks = unroll
+
     one = quiet_trainer(max_epochs=2)
     one.fit(TinyCNN(), blobs)
-    chunked = quiet_trainer(max_epochs=2, steps_per_dispatch=3)  # 8 steps: chunks 3, 3, 2
+    chunked = Chunked(max_epochs=2, steps_per_dispatch=3, progress=False, plot=False)  # chunks 3, 3, 2
     chunked.fit(TinyCNN(), blobs)
+    program = chunked._train_chunk.lower(chunked.state, chunked.train_arrays,
+                                         chunked._epoch_order(chunked._shuffle_key, 0), 0, num_steps=3)
+    assert ("while" in program.as_text()) != unroll
     for a, b in zip(jax.tree.leaves(one.state.params), jax.tree.leaves(chunked.state.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert one.history[-1]["val_loss"] == pytest.approx(chunked.history[-1]["val_loss"], rel=1e-5)

@@ -1,0 +1,76 @@
+"""Data parallelism: each batch split over the devices, everything else replicated.
+
+A one-axis `Mesh` ("batch") over the devices. Parameters, optimizer state, BatchNorm
+statistics and the resident data are replicated; the indices of each step's batch are
+sharded along the mesh, so every device gathers, preprocesses and runs its own slice. The
+step itself is written for the whole batch: XLA's SPMD partitioner adds the all-reduces,
+so gradients and BatchNorm statistics are those of the global batch and the losses equal
+one device's up to the order of summation.
+
+Several hosts: call `jax.distributed.initialize()` first (the chapters' `--distributed`);
+`jax.devices()` then lists every host's devices and each host feeds the same replicated data.
+"""
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
+
+from .errors import D2LiteError
+
+
+class DataParallel:
+    """Where the Trainer's arrays live: `replicate` them all, `split` a batch over the mesh."""
+
+    def __init__(self, devices=None):
+        devices = list(jax.devices() if devices is None else devices)
+        if not devices:
+            raise D2LiteError("devices is empty: give at least one device (default: jax.devices())")
+        self.devices = devices
+        self.mesh = Mesh(np.array(devices), ("batch",))
+        # On one device, the sharding jit gives its outputs anyway: a different one would
+        # make the second call compile again.
+        if len(devices) == 1:
+            self.replicated = SingleDeviceSharding(devices[0])
+        else:
+            self.replicated = NamedSharding(self.mesh, PartitionSpec())
+
+    @property
+    def size(self):
+        return len(self.devices)
+
+    def check_batch_size(self, batch_size):
+        if batch_size % self.size:
+            raise D2LiteError(
+                f"batch_size {batch_size} does not split evenly over {self.size} devices: use a "
+                f"multiple of {self.size}, or fewer devices (Trainer(devices=...))"
+            )
+
+    def replicate(self, tree):
+        """Put every array of `tree` on every device (a global array across hosts)."""
+        if jax.process_count() == 1:
+            return jax.device_put(tree, self.replicated)
+
+        def place(leaf):  # each host holds the same values: let it supply its own shards
+            host = np.asarray(leaf)
+            return jax.make_array_from_callback(host.shape, self.replicated, lambda index: host[index])
+
+        return jax.tree.map(place, tree)
+
+    def split(self, x, axis=0):
+        """Inside jit: shard `x` along `axis` over the mesh (a no-op on one device)."""
+        if self.size == 1:
+            return x
+        spec = PartitionSpec(*([None] * axis), "batch")
+        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
+
+    def keep_replicated(self, tree):
+        """Inside jit: keep `tree` replicated, so the next call sees the same shardings."""
+        if self.size == 1:
+            return tree
+        return jax.lax.with_sharding_constraint(tree, self.replicated)
+
+
+def to_host(array):
+    """A NumPy copy of a replicated array, also when other hosts hold parts of it."""
+    if getattr(array, "is_fully_addressable", True):
+        return np.asarray(array)
+    return np.asarray(array.addressable_data(0))

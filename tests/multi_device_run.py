@@ -1,0 +1,52 @@
+"""Run by test_parallel.py in a process with 4 CPU devices: train on 1 and on 4, print JSON.
+
+XLA_FLAGS=--xla_force_host_platform_device_count=4 must be set before JAX starts, hence a
+process of its own.
+"""
+import json
+import sys
+
+import jax
+import numpy as np
+from conftest import Blobs, TinyCNN
+
+import d2lite as d2l
+
+
+def fit(devices, out_dir, steps_per_dispatch=1):
+    trainer = d2l.Trainer(max_epochs=3, devices=devices, steps_per_dispatch=steps_per_dispatch,
+                          out_dir=out_dir, progress=False)  # fmt: skip
+    compiles = []
+    fit_epoch = trainer.fit_epoch
+
+    def counted():
+        with d2l.count_compiles() as count:
+            fit_epoch()
+        compiles.append(count.count)
+
+    trainer.fit_epoch = counted
+    trainer.fit(TinyCNN(dropout=0.2), Blobs(num_train=256, num_val=70, batch_size=32))
+    return trainer, compiles
+
+
+if __name__ == "__main__":
+    one, _ = fit(jax.devices()[:1], sys.argv[1])
+    four, compiles = fit(jax.devices(), sys.argv[1], steps_per_dispatch=3)
+    params = jax.tree.leaves(four.state.params)
+    order = four._epoch_order(four._shuffle_key, 0)
+    compiled = four._train_chunk.lower(four.state, four.train_arrays, order, 0, num_steps=1).compile()
+    print(json.dumps({
+        "devices": len(jax.devices()),
+        "one": one.history,
+        "four": four.history,
+        "max_param_difference": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                                    for a, b in zip(jax.tree.leaves(one.state.params), params, strict=True)),
+        "state_devices": sorted({len(leaf.sharding.device_set) for leaf in params}),
+        "compiles_per_epoch": compiles,
+        "all_reduces": compiled.as_text().count("all-reduce("),  # partitioned: the devices sum up
+    }))  # fmt: skip
+    try:
+        d2l.Trainer(max_epochs=1, devices=jax.devices(), progress=False, out_dir=sys.argv[1]).fit(
+            TinyCNN(), Blobs(batch_size=30))
+    except d2l.D2LiteError as error:
+        print(f"error: {error}")
