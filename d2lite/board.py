@@ -160,17 +160,20 @@ def _fmt(value):
 class ProgressLine:
     """Terminal progress: a live '\\r' line on a TTY, plus exactly one summary line per epoch.
 
+    In a log (not a TTY) the live line is written as a plain line every `log_interval`
+    seconds instead, so a slow epoch still shows that it moves and when it will end.
+
     Hand-written rather than tqdm: we need the per-epoch summary line in logs and an ETA
     over all remaining epochs, which would mean fighting tqdm more than using it.
     """
 
     def __init__(self, total_epochs, steps_per_epoch, batch_size, stream=None, tty=None,
-                 clock=time.perf_counter, min_interval=0.1):
+                 clock=time.perf_counter, min_interval=0.1, log_interval=60.0):
         self.total_epochs, self.steps_per_epoch = total_epochs, steps_per_epoch
         self.batch_size = batch_size
         self.stream = sys.stderr if stream is None else stream
         self.tty = self.stream.isatty() if tty is None else tty
-        self.clock, self.min_interval = clock, min_interval
+        self.clock, self.min_interval, self.log_interval = clock, min_interval, log_interval
         self.epoch = 0
         self._start = self._last_step_time = self._last_draw = None
         self._steps, self._loss, self._width = 0, None, 0
@@ -187,11 +190,14 @@ class ProgressLine:
         self._last_step_time = now = self.clock()
         if loss is not None:
             self._loss = float(loss)
+        done = self._steps >= self.steps_per_epoch
         if not self.tty:
+            if not done and now - (self._last_draw or self._start) >= self.log_interval:
+                self._last_draw = now
+                self._write(self._live_text(), end="\n")
             return
         # Throttled so a fast loop does not spend its time writing to the terminal,
         # but the epoch's final step is always shown.
-        done = self._steps >= self.steps_per_epoch
         if self._last_draw is not None and now - self._last_draw < self.min_interval and not done:
             return
         self._last_draw = now

@@ -9,7 +9,7 @@ Per fit there are two compiled programs, both with fixed shapes:
   the validation set is padded to whole batches once, so every example counts exactly once.
 Epochs differ only in traced values (the permutation, the chunk start), so nothing
 recompiles after the first epoch. With several devices each batch is split over them
-(parallel.py); `precision="bfloat16"` computes in bfloat16 around float32 state (precision.py).
+(sharding.py); `precision="bfloat16"` computes in bfloat16 around float32 state (precision.py).
 
 With a run directory the host also writes, between epochs, the metrics and a checkpoint
 (runs.py, checkpoint.py). A run resumes exactly: epoch e's batches come from the permutation
@@ -39,8 +39,8 @@ from .board import ProgressBoard, ProgressLine
 from .errors import D2LiteError
 from .hparams import HyperParameters
 from .module import Classifier, for_evaluation, input_error
-from .parallel import DataParallel, to_host
 from .precision import compute_dtype, compute_in
+from .sharding import DataParallel, to_host
 
 
 class TrainState(train_state.TrainState):

@@ -1,4 +1,4 @@
-"""Run by test_parallel.py in a process with 4 CPU devices: train on 1 and on 4, print JSON.
+"""Run by test_sharding.py in a process with 4 CPU devices: train on 1 and on 4, print JSON.
 
 XLA_FLAGS=--xla_force_host_platform_device_count=4 must be set before JAX starts, hence a
 process of its own.

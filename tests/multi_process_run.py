@@ -1,4 +1,4 @@
-"""Run by test_parallel.py as one of two processes with 2 CPU devices each: print the history.
+"""Run by test_sharding.py as one of two processes with 2 CPU devices each: print the history.
 
 `python multi_process_run.py PROCESS_ID PORT OUT_DIR`; the processes meet on localhost:PORT
 as `jax.distributed` does across hosts, and train one model on the 4 devices.

@@ -158,6 +158,22 @@ def test_progress_line_non_tty_prints_one_line_per_epoch():
     assert "ETA 0:00:18" in text  # 7 epochs left * 2.6 s
 
 
+def test_progress_line_in_a_log_reports_slow_epochs_every_interval():
+    clock, stream = FakeClock(), io.StringIO()
+    line = ProgressLine(total_epochs=2, steps_per_epoch=10, batch_size=100, stream=stream, clock=clock,
+                        log_interval=60)  # fmt: skip
+    line.start_epoch(0)
+    for step in range(1, 11):  # 25 s per step: lines after steps 3, 6 and 9 (75, 150, 225 s)
+        clock.now = 25.0 * step
+        line.advance(1)
+    lines = stream.getvalue().splitlines()
+    assert [text.split("]")[1].split()[0] for text in lines] == ["3/10", "6/10", "9/10"]
+    assert "\r" not in stream.getvalue()
+    assert lines[0].startswith("epoch 1/2 [###.......] 3/10") and "4 ex/s ETA 0:07:05" in lines[0]
+    line.end_epoch({"train_loss": 1.0})
+    assert len(stream.getvalue().splitlines()) == 4  # and the epoch's summary line
+
+
 def test_progress_line_tty_redraws_with_eta():
     clock, stream = FakeClock(), TTYStream()
     line = ProgressLine(total_epochs=3, steps_per_epoch=100, batch_size=32,
