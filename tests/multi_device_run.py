@@ -33,12 +33,19 @@ if __name__ == "__main__":
     one, _ = fit(jax.devices()[:1], sys.argv[1])
     four, compiles = fit(jax.devices(), sys.argv[1], steps_per_dispatch=3)
     params = jax.tree.leaves(four.state.params)
+    # A recorded run on four devices, stopped after 2 epochs and resumed for the third.
+    run_dir = f"{sys.argv[1]}/recorded"
+    for epochs, resume in ((2, None), (3, True)):
+        resumed = d2l.Trainer(max_epochs=epochs, devices=jax.devices(), steps_per_dispatch=3, run_dir=run_dir,
+                              resume=resume, progress=False)  # fmt: skip
+        resumed.fit(TinyCNN(dropout=0.2), Blobs(num_train=256, num_val=70, batch_size=32))
     order = four._epoch_order(four._shuffle_key, 0)
     compiled = four._train_chunk.lower(four.state, four.train_arrays, order, 0, num_steps=1).compile()
     print(json.dumps({
         "devices": len(jax.devices()),
         "one": one.history,
         "four": four.history,
+        "resumed": resumed.history,
         "max_param_difference": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
                                     for a, b in zip(jax.tree.leaves(one.state.params), params, strict=True)),
         "state_devices": sorted({len(leaf.sharding.device_set) for leaf in params}),

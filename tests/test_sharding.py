@@ -40,6 +40,13 @@ def test_four_devices_train_like_one(four_device_run):
     assert result["one"][-1]["train_loss"] < 0.8 * result["one"][0]["train_loss"]
 
 
+def test_a_run_on_four_devices_resumes_exactly(four_device_run):
+    result, _ = four_device_run
+    assert len(result["resumed"]) == 3
+    for key in ("train_loss", "val_loss", "val_acc"):
+        assert result["resumed"][-1][key] == pytest.approx(result["four"][-1][key], rel=1e-5, abs=1e-6)
+
+
 def test_no_compilation_after_the_first_epoch_on_four_devices(four_device_run):
     result, _ = four_device_run
     assert result["compiles_per_epoch"][0] > 0
