@@ -1,7 +1,7 @@
 """Trainer: the data on the device once, one jitted step, metrics read only when plotted.
 
 Per fit there are two compiled programs, both with fixed shapes:
-- `train_chunk` runs `steps_per_dispatch` training steps (unrolled). Each step gathers
+- `train_chunk` runs `steps_per_dispatch` training steps. Each step gathers
   a batch from the resident arrays by index, preprocesses it (scale, resize), runs the
   model's `training_step` (forward, loss, gradients, BatchNorm statistics, a fresh dropout
   key), clips gradients and applies the optax update. The state buffers are donated.
@@ -42,6 +42,9 @@ from .module import Classifier, for_evaluation, input_error
 from .precision import compute_dtype, compute_in
 from .sharding import DataParallel, to_host
 
+# Off CPU, where a small model's step takes less time than Python needs to dispatch it.
+AUTO_STEPS_PER_DISPATCH = 32
+
 
 class TrainState(train_state.TrainState):
     """Parameters, optimizer state, BatchNorm statistics and the dropout key stream."""
@@ -66,8 +69,9 @@ class Trainer(HyperParameters):
     split evenly over them. `precision="bfloat16"` computes forward and backward passes in
     bfloat16 while parameters, optimizer state, BatchNorm statistics and the loss stay
     float32. `steps_per_dispatch` runs several steps per call, for small models that Python
-    would otherwise slow down. `limit_train_batches`/`limit_val_batches` shorten epochs for smoke
-    runs.
+    would otherwise slow down; "auto" means 1 on a CPU, where a step takes milliseconds
+    or more and unrolled chunks only add compile time, and up to 32 (one loop) on GPUs.
+    `limit_train_batches`/`limit_val_batches` shorten epochs for smoke runs.
 
     Without `run_dir`, a fit keeps its results in memory and writes only the live plot, to
     `out_dir` (default `runs/<model class>`). With `run_dir` it is a recorded run: the plot,
@@ -80,10 +84,11 @@ class Trainer(HyperParameters):
 
     def __init__(self, max_epochs, num_gpus=0, gradient_clip_val=0, *, seed=0, out_dir=None,
                  run_dir=None, resume=None, keep_checkpoints=3, run_info=None,
-                 steps_per_dispatch=1, limit_train_batches=None, limit_val_batches=None,
+                 steps_per_dispatch="auto", limit_train_batches=None, limit_val_batches=None,
                  devices=None, precision="float32", progress=True, plot=True):  # fmt: skip
-        positive_ints = {"max_epochs": max_epochs, "steps_per_dispatch": steps_per_dispatch,
-                         "keep_checkpoints": keep_checkpoints}  # fmt: skip
+        positive_ints = {"max_epochs": max_epochs, "keep_checkpoints": keep_checkpoints}
+        if steps_per_dispatch != "auto":
+            positive_ints["steps_per_dispatch"] = steps_per_dispatch
         positive_ints.update(limit_train_batches=limit_train_batches or 1,
                              limit_val_batches=limit_val_batches or 1)  # fmt: skip
         for name, value in positive_ints.items():
@@ -125,6 +130,10 @@ class Trainer(HyperParameters):
         if self.limit_train_batches:
             self.num_train_batches = min(self.num_train_batches, self.limit_train_batches)
         self.num_train_examples = num_train
+        self.dispatch_steps = self.steps_per_dispatch
+        if self.dispatch_steps == "auto":
+            on_cpu = self.unroll_chunks
+            self.dispatch_steps = 1 if on_cpu else min(AUTO_STEPS_PER_DISPATCH, self.num_train_batches)
         self.train_arrays = self.parallel.replicate(train)
 
         # Pad validation to whole batches once; the mask keeps the padding out of the means.
@@ -283,7 +292,7 @@ class Trainer(HyperParameters):
         first, losses, seconds_before = self._partial_epoch or (0, [], 0.0)
         self._partial_epoch = None
         done, plotted = first, first // plot_every  # `done`: steps known to have finished
-        chunks = range(first, self.num_train_batches, self.steps_per_dispatch)
+        chunks = range(first, self.num_train_batches, self.dispatch_steps)
         for start in list(chunks) + [None]:
             if start is not None:
                 if self._stop_requested:  # Ctrl-C: stop here, between two steps
@@ -291,7 +300,7 @@ class Trainer(HyperParameters):
                     checkpoint = self._save_checkpoint((start, losses, seconds))
                     where = f"in epoch {self.epoch + 1} after step {start} of {self.num_train_batches}"
                     raise self._interrupted(where, checkpoint)
-                num_steps = min(self.steps_per_dispatch, self.num_train_batches - start)
+                num_steps = min(self.dispatch_steps, self.num_train_batches - start)
                 self.state, chunk_losses = self._train_chunk(
                     self.state, self.train_arrays, order, start, num_steps=num_steps
                 )

@@ -19,6 +19,13 @@ def test_loss_falls_and_history_is_recorded(blobs, quiet_trainer):
     assert trainer.state.step == 4 * (256 // 32)
 
 
+def test_steps_per_dispatch_auto_is_one_step_per_call_on_cpu(blobs, quiet_trainer):
+    trainer = quiet_trainer(max_epochs=1)
+    assert trainer.steps_per_dispatch == "auto"
+    trainer.fit(TinyCNN(), blobs)
+    assert trainer.dispatch_steps == 1 and trainer.unroll_chunks
+
+
 @pytest.mark.parametrize("unroll", [True, False])  # unrolled on CPU, a loop on GPUs
 def test_steps_per_dispatch_gives_the_same_training(blobs, quiet_trainer, unroll):
     class Chunked(d2l.Trainer):
@@ -118,6 +125,7 @@ def test_dropout_gets_a_fresh_key_every_step(blobs, quiet_trainer):
         ({"max_epochs": 2.5}, "max_epochs must be a positive integer"),
         ({"max_epochs": 1, "gradient_clip_val": -1}, "gradient_clip_val must be >= 0"),
         ({"max_epochs": 1, "steps_per_dispatch": 0}, "steps_per_dispatch must be a positive"),
+        ({"max_epochs": 1, "steps_per_dispatch": "fast"}, "steps_per_dispatch must be a positive"),
     ],
 )
 def test_bad_trainer_settings_are_refused(kwargs, message):
