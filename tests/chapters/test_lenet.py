@@ -41,6 +41,14 @@ def test_quick_run_through_main(tmp_path, capsys):
     assert "epoch 2/2" in captured.err and "found in" in captured.out
 
 
+def test_subset_and_precision_flags(tmp_path):
+    trainer = lenet.run(["--epochs", "1", "--num-train", "640", "--num-val", "70", "--batch-size", "64",
+                         "--precision", "bfloat16", "--out-dir", str(tmp_path)])  # fmt: skip
+    assert trainer.num_train_examples == 640 and trainer.num_train_batches == 10
+    assert trainer.num_val_examples == 70 and trainer.precision == "bfloat16"
+    assert int(trainer.state.step) == 10
+
+
 def test_too_small_resize_is_a_one_line_error(tmp_path, capsys):
     assert lenet.main(["--quick", "--resize", "8", "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
@@ -48,7 +56,8 @@ def test_too_small_resize_is_a_one_line_error(tmp_path, capsys):
     assert "use a larger resize" in err and "\n" not in err
 
 
-@pytest.mark.parametrize("flag", ["--batch-size=0", "--epochs=-1", "--lr=abc"])
+@pytest.mark.parametrize("flag", ["--batch-size=0", "--epochs=-1", "--lr=abc", "--num-train=0",
+                                  "--steps-per-dispatch=fast"])
 def test_bad_flags_exit_with_usage(flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
         lenet.main([flag])
@@ -60,5 +69,6 @@ def test_help_lists_the_flags(capsys):
     with pytest.raises(SystemExit):
         lenet.main(["--help"])
     out = capsys.readouterr().out
-    for flag in ["--epochs", "--batch-size", "--lr", "--resize", "--data-dir", "--out-dir", "--quick"]:
+    for flag in ["--epochs", "--batch-size", "--lr", "--resize", "--num-train", "--num-val", "--data-dir",
+                 "--out-dir", "--precision", "--distributed", "--steps-per-dispatch", "--quick"]:
         assert flag in out
