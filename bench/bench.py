@@ -281,7 +281,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["lenet", "resnet18"])
     parser.add_argument("--steps", type=int, default=None,
-                        help="timed steps per method (default: 60 for LeNet, 4 for ResNet-18)")  # fmt: skip
+                        help="timed steps per method (default: 60 for LeNet, 10 for ResNet-18)")  # fmt: skip
     parser.add_argument("--steps-per-dispatch", type=int, default=None,
                         help="d2lite steps per jitted call (default: 20 LeNet, 1 ResNet-18)")  # fmt: skip
     parser.add_argument("--child", dest="method", help=argparse.SUPPRESS)
@@ -297,7 +297,7 @@ def main(argv=None):
               f"{'compile s':>9} {'compiles':>8} {'after ep1':>9} {'peak MB':>8}")  # fmt: skip
     print(header)
     for model in args.models:
-        steps = args.steps or (60 if model == "lenet" else 4)
+        steps = args.steps or (60 if model == "lenet" else 10)
         per_dispatch = args.steps_per_dispatch or (20 if model == "lenet" else 1)
         results = {m: measure(model, m, steps, per_dispatch) for m in methods}
         ours = results["d2lite"].get("step_s")
