@@ -27,14 +27,14 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 import d2lite as d2l
-from chapters.resnet import BN_MOMENTUM
+from chapters.resnet import BatchNorm
 from d2lite.cli import chapter_parser, run_main, train_chapter
 
 
 def conv_block(num_channels, training=True):
     """BatchNorm, ReLU, then a 3x3 convolution to `num_channels` (the pre-activation order)."""
     return nn.Sequential([
-        nn.BatchNorm(not training, momentum=BN_MOMENTUM),
+        BatchNorm(not training),
         nn.relu,
         nn.Conv(num_channels, kernel_size=(3, 3), padding="SAME"),
     ])  # fmt: skip
@@ -64,7 +64,7 @@ class DenseBlock(nn.Module):
 def transition_block(num_channels, training=True):
     """BatchNorm, ReLU, 1x1 convolution to `num_channels`, 2x2 average pooling (stride 2)."""
     return nn.Sequential([
-        nn.BatchNorm(not training, momentum=BN_MOMENTUM),
+        BatchNorm(not training),
         nn.relu,
         nn.Conv(num_channels, kernel_size=(1, 1)),
         lambda x: nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2)),
@@ -85,7 +85,7 @@ class DenseNet(d2l.Classifier):
         """The stem: 7x7/2 convolution, BatchNorm, ReLU, 3x3/2 max pool (a quarter of the size)."""
         return [
             nn.Conv(self.num_channels, kernel_size=(7, 7), strides=(2, 2), padding="SAME"),
-            nn.BatchNorm(not self.training, momentum=BN_MOMENTUM),
+            BatchNorm(not self.training),
             nn.relu,
             lambda x: nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME"),
         ]
@@ -100,7 +100,7 @@ class DenseNet(d2l.Classifier):
                 num_channels //= 2
                 layers.append(transition_block(num_channels, training=self.training))
         layers += [
-            nn.BatchNorm(not self.training, momentum=BN_MOMENTUM),
+            BatchNorm(not self.training),
             nn.relu,
             lambda x: jnp.mean(x, axis=(1, 2)),  # global average pool, at any input size
             nn.Dense(self.num_classes),

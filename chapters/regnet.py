@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 import d2lite as d2l
-from chapters.resnet import BN_MOMENTUM
+from chapters.resnet import BatchNorm
 from chapters.resnext import ResNeXtBlock
 from d2lite.cli import chapter_parser, run_main, train_chapter
 
@@ -57,7 +57,7 @@ class AnyNet(d2l.Classifier):
         """3x3/2 convolution, BatchNorm, ReLU: half the resolution."""
         return nn.Sequential([
             nn.Conv(num_channels, kernel_size=(3, 3), strides=(2, 2), padding=(1, 1)),
-            nn.BatchNorm(not self.training, momentum=BN_MOMENTUM),
+            BatchNorm(not self.training),
             nn.relu,
         ])  # fmt: skip
 

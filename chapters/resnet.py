@@ -44,6 +44,7 @@ from d2lite.cli import chapter_parser, run_main, train_chapter
 # book's published accuracies were trained with. Flax's default, 0.99, averages over ~100 steps,
 # so a run of a few hundred steps would be evaluated with statistics still near their start.
 BN_MOMENTUM = 0.9
+BatchNorm = partial(nn.BatchNorm, momentum=BN_MOMENTUM)  # the book's `nn.BatchNorm(not training)`
 
 
 def changes_shape(X, num_channels, strides):
@@ -70,7 +71,7 @@ class Residual(nn.Module):
 
     @nn.compact
     def __call__(self, X):
-        norm = partial(nn.BatchNorm, use_running_average=not self.training, momentum=BN_MOMENTUM)
+        norm = partial(BatchNorm, use_running_average=not self.training)
         Y = nn.Conv(self.num_channels, kernel_size=(3, 3), strides=self.strides, padding="SAME",
                     name="conv1")(X)  # fmt: skip
         Y = nn.relu(norm(name="bn1")(Y))
@@ -102,7 +103,7 @@ class ResNet(d2l.Classifier, kw_only=True):
         return nn.Conv(num_channels, kernel_size, strides=strides, padding="SAME")
 
     def norm(self):
-        return nn.BatchNorm(not self.training, momentum=BN_MOMENTUM)
+        return BatchNorm(not self.training)
 
     def b1(self):
         """7x7/2 convolution to 64 channels, BatchNorm, ReLU, 3x3/2 max pool: a quarter of the size."""
@@ -166,8 +167,7 @@ class ResNetBlock(nn.Module):
         out_channels = convs[-1][0]
         project = changes_shape(X, out_channels, self.strides)
         conv = partial(nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype)
-        norm = partial(nn.BatchNorm, use_running_average=not self.training, momentum=BN_MOMENTUM,
-                       dtype=self.dtype)
+        norm = partial(BatchNorm, use_running_average=not self.training, dtype=self.dtype)
         Y = X
         if self.preact:
             for i, (channels, size, strides) in enumerate(convs):
@@ -222,7 +222,7 @@ class ResNetFamily(ResNet):
                        dtype=self.dtype)  # fmt: skip
 
     def norm(self):
-        return nn.BatchNorm(not self.training, momentum=BN_MOMENTUM, dtype=self.dtype)
+        return BatchNorm(not self.training, dtype=self.dtype)
 
     def block(self, num_residuals, num_channels, first_block=False):
         return nn.Sequential([

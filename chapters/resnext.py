@@ -46,7 +46,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
-from chapters.resnet import BN_MOMENTUM, ResNet, changes_shape
+from chapters.resnet import BatchNorm, ResNet, changes_shape
 from d2lite.cli import chapter_parser, run_main, train_chapter
 
 
@@ -89,7 +89,7 @@ class ResNeXtBlock(nn.Module):
         if bot_channels % self.groups:
             raise ValueError(f"ResNeXtBlock: {bot_channels} bottleneck channels "
                              f"(num_channels * bot_mul) do not split into {self.groups} groups")  # fmt: skip
-        norm = partial(nn.BatchNorm, use_running_average=not self.training, momentum=BN_MOMENTUM)
+        norm = partial(BatchNorm, use_running_average=not self.training)
         Y = nn.relu(norm(name="bn1")(nn.Conv(bot_channels, kernel_size=(1, 1), name="conv1")(X)))
         Y = nn.Conv(bot_channels, kernel_size=(3, 3), strides=self.strides, padding="SAME",
                     feature_group_count=self.groups, conv_general_dilated=grouped_conv, name="conv2")(Y)
