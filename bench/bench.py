@@ -76,7 +76,7 @@ def run_pure(name, size, steps):
         def loss_fn(params):
             logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
                                           mutable=["batch_stats"])  # fmt: skip
-            return model.loss(logits, labels), updates
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates
 
         (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         changes, opt_state = tx.update(grads, opt_state, params)
@@ -141,7 +141,7 @@ def run_book(name, size, steps):
         def loss_fn(params):
             logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, X,
                                           mutable=["batch_stats"], rngs={"dropout": key})  # fmt: skip
-            return model.loss(logits, y), updates
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates
 
         return jax.value_and_grad(loss_fn, has_aux=True)(params)
 

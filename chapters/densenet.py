@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 import d2lite as d2l
-from chapters.resnet import BatchNorm
+from d2lite.book import BatchNorm
 from d2lite.cli import chapter_parser, run_main, train_chapter
 
 

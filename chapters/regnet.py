@@ -7,16 +7,11 @@ resolution, and a head (global average pool, dense layer). Each stage is describ
 width 32, two stages of depth 4 and 6 and width 32 and 80, group width 16, no bottleneck
 (`bot_mul` 1). Trained as in the book: SGD, lr 0.05, batch 128, 96x96, 10 epochs.
 
+The blocks are the book's `d2l.ResNeXtBlock`, from d2lite, whose `groups` argument is, as in
+the book's code, the width of each group: RegNet's group width 16 is passed as it is (2 groups
+in the first stage, 5 in the second).
+
 Departures from the book's JAX code:
-- Group width versus number of groups. The RegNet paper, and the book's `RegNetX32`
-  (`groups=16`), describe the grouped 3x3 convolution by its group *width* `g`: each group
-  sees 16 channels. The book's `ResNeXtBlock` takes that width and divides
-  (`feature_group_count=bot_channels // groups`). Our `ResNeXtBlock` (chapters.resnext)
-  takes the *number* of groups, the ResNeXt paper's cardinality, so `AnyNet.stage` converts:
-  `groups = round(num_channels * bot_mul) // group_width`. For RegNetX32 that gives 2 groups
-  of 16 channels in the first stage (width 32) and 5 in the second (width 80), the same
-  network as the book's. A width that is not a multiple of the group width is an error
-  rather than a silently different network.
 - The head averages over the whole feature map with `jnp.mean` (a true global pool) instead
   of an average pool whose window is read off the input shape.
 
@@ -29,18 +24,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 import d2lite as d2l
-from chapters.resnet import BatchNorm
-from chapters.resnext import ResNeXtBlock
+from d2lite.book import BatchNorm
 from d2lite.cli import chapter_parser, run_main, train_chapter
-
-
-def num_groups(num_channels, group_width, bot_mul):
-    """How many groups of `group_width` channels the bottleneck's 3x3 convolution has."""
-    bot_channels = int(round(num_channels * bot_mul))
-    if group_width <= 0 or bot_channels % group_width:
-        raise ValueError(f"a bottleneck of {bot_channels} channels (width {num_channels} x "
-                         f"bot_mul {bot_mul}) does not split into groups of {group_width}")  # fmt: skip
-    return bot_channels // group_width
 
 
 class AnyNet(d2l.Classifier):
@@ -63,10 +48,9 @@ class AnyNet(d2l.Classifier):
 
     def stage(self, depth, num_channels, group_width, bot_mul):
         """`depth` ResNeXt blocks of width `num_channels`; the first halves the resolution."""
-        groups = num_groups(num_channels, group_width, bot_mul)
-        blocks = [ResNeXtBlock(num_channels, groups, bot_mul, use_1x1conv=True, strides=(2, 2),
-                               training=self.training)]  # fmt: skip
-        blocks += [ResNeXtBlock(num_channels, groups, bot_mul, training=self.training)
+        blocks = [d2l.ResNeXtBlock(num_channels, group_width, bot_mul, use_1x1conv=True, strides=(2, 2),
+                                   training=self.training)]  # fmt: skip
+        blocks += [d2l.ResNeXtBlock(num_channels, group_width, bot_mul, training=self.training)
                    for _ in range(depth - 1)]  # fmt: skip
         return nn.Sequential(blocks)
 

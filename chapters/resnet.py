@@ -13,10 +13,9 @@ of He et al.'s follow-up paper (BatchNorm-ReLU-conv, `preact=True`; the book's e
 and a compute `dtype` (e.g. `jnp.bfloat16` activations with float32 parameters and
 float32 BatchNorm statistics; `Classifier.loss` already takes the loss in float32).
 
-Departures from the book's JAX code:
-- A block adds a 1x1 projection on the shortcut whenever its stride or its channel count
-  changes the shape, not only when `use_1x1conv=True` (without it, the book's code fails
-  on `Y + X`). The blocks are `nn.compact` for that: they see their input's channels.
+The residual block is the book's `d2l.Residual`, from d2lite (see its docstring for the
+two ways it departs from the book's: a projection whenever the shape changes, BatchNorm
+momentum 0.9). Departures from the book's JAX code here:
 - The head averages over the whole feature map with `jnp.mean` (a true global pool, at any
   input size) instead of an average pool whose window is read off the input shape.
 - The family (not the book's `ResNet18`) follows torchvision's ResNet v1.5, whose counts
@@ -38,48 +37,13 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 import d2lite as d2l
+from d2lite.book import BatchNorm, changes_shape
 from d2lite.cli import chapter_parser, run_main, train_chapter
-
-# The weight of the old running statistics at each BatchNorm update: PyTorch's default, which the
-# book's published accuracies were trained with. Flax's default, 0.99, averages over ~100 steps,
-# so a run of a few hundred steps would be evaluated with statistics still near their start.
-BN_MOMENTUM = 0.9
-BatchNorm = partial(nn.BatchNorm, momentum=BN_MOMENTUM)  # the book's `nn.BatchNorm(not training)`
-
-
-def changes_shape(X, num_channels, strides):
-    """Whether a block with `num_channels` outputs and `strides` changes the shape of `X`."""
-    return X.shape[-1] != num_channels or any(s != 1 for s in strides)
 
 
 def global_avg_pool(X):
     """(B, H, W, C) -> (B, C): the mean over the whole feature map, at any input size."""
     return jnp.mean(X, axis=(1, 2))
-
-
-class Residual(nn.Module):
-    """The residual block of the book: two 3x3 conv-BatchNorm layers and a shortcut.
-
-    The shortcut is a 1x1 convolution (with the block's stride) when `use_1x1conv` is set
-    or the block changes the shape of its input, and the identity otherwise.
-    """
-
-    num_channels: int
-    use_1x1conv: bool = False
-    strides: tuple = (1, 1)
-    training: bool = True
-
-    @nn.compact
-    def __call__(self, X):
-        norm = partial(BatchNorm, use_running_average=not self.training)
-        Y = nn.Conv(self.num_channels, kernel_size=(3, 3), strides=self.strides, padding="SAME",
-                    name="conv1")(X)  # fmt: skip
-        Y = nn.relu(norm(name="bn1")(Y))
-        Y = nn.Conv(self.num_channels, kernel_size=(3, 3), padding="SAME", name="conv2")(Y)
-        Y = norm(name="bn2")(Y)
-        if self.use_1x1conv or changes_shape(X, self.num_channels, self.strides):
-            X = nn.Conv(self.num_channels, kernel_size=(1, 1), strides=self.strides, name="conv3")(X)
-        return nn.relu(Y + X)
 
 
 class ResNet(d2l.Classifier, kw_only=True):
@@ -119,9 +83,10 @@ class ResNet(d2l.Classifier, kw_only=True):
         blk = []
         for i in range(num_residuals):
             if i == 0 and not first_block:
-                blk.append(Residual(num_channels, use_1x1conv=True, strides=(2, 2), training=self.training))
+                blk.append(d2l.Residual(num_channels, use_1x1conv=True, strides=(2, 2),
+                                        training=self.training))  # fmt: skip
             else:
-                blk.append(Residual(num_channels, training=self.training))
+                blk.append(d2l.Residual(num_channels, training=self.training))
         return nn.Sequential(blk)
 
     def head(self):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.core import FrozenDict
 
-from chapters.resnet import BN_MOMENTUM
+from d2lite.book import BN_MOMENTUM
 from d2lite.cli import chapter_parser, run_main, train_chapter
 from d2lite.nnx_adapter import NNXClassifier
 

@@ -15,94 +15,31 @@ groups of the paper's ResNeXt-50 32x4d), and a bottleneck as wide as the block k
 ResNet-18's widths. The blocks then need about 7x fewer multiply-adds than ResNet-18's
 (2 c^2 + 9 c^2 / 16 against 18 c^2 per pixel) and a sixth of the parameters (1.8 M).
 
-On a CPU, XLA runs grouped convolutions (`feature_group_count > 1`) and their gradients
-very slowly, 7 to 50 times slower than a dense convolution of the same shapes: this
-network's training step took 17 s at batch 32, against 1.1 s for ResNet-18.
-`grouped_conv`, the convolution of the blocks' 3x3 layers, therefore runs a grouped
-convolution on a CPU as a dense one whose kernel is block-diagonal (the weights of group g
-connect only input group g to output group g; all other entries are zeros that get no
-gradient). The parameters and the results are those of the grouped convolution (the tests
-compare outputs and gradients); the CPU does `groups` times the arithmetic of the 3x3
-layers, and a training step costs about as much as ResNet-18's (1.1 s at batch 32) instead
-of 15x more. On accelerators `grouped_conv` is `lax.conv_general_dilated` unchanged.
+The block is the book's `d2l.ResNeXtBlock`, from d2lite. As in the book's code, its `groups`
+argument is the width of each group, so `ResNeXt.block` passes `bot_channels // groups` to
+get `groups` groups. On a CPU its grouped 3x3 convolution runs as a dense block-diagonal one
+(`d2lite.book.grouped_conv`): XLA's CPU backend runs grouped convolutions 7 to 50 times
+slower, and this network's step would take 17 s at batch 32 instead of 1.1 s.
 
-Departures from the book's JAX code:
-- `groups` is the number of groups, as in the paper and the book's prose and figure: the
-  3x3 convolution gets `feature_group_count=groups`, so its kernel has shape (3, 3,
-  bot_channels // groups, bot_channels). The book's code passes `bot_channels // groups`,
-  which makes `groups` the width of each group instead of their number.
-- The shortcut gets its 1x1 convolution and BatchNorm whenever the block's stride or channel
-  count changes the shape, not only when `use_1x1conv=True` (see `chapters.resnet`).
-- The head is `chapters.resnet`'s global average pool (`jnp.mean`, any input size).
+Departures from the book's JAX code: the shortcut gets its 1x1 convolution and BatchNorm
+whenever the block's stride or channel count changes the shape, not only when
+`use_1x1conv=True`; the head is `chapters.resnet`'s global average pool (`jnp.mean`).
 
     python -m chapters.resnext            # 10 epochs, 96x96, batch 128, SGD lr 0.01
     python -m chapters.resnext --quick    # a smoke run of a few batches
 """
 import sys
-from functools import partial
 
-import jax
-import jax.numpy as jnp
 from flax import linen as nn
-from jax import lax
 
-from chapters.resnet import BatchNorm, ResNet, changes_shape
+import d2lite as d2l
+from chapters.resnet import ResNet
 from d2lite.cli import chapter_parser, run_main, train_chapter
 
 
-def grouped_conv(lhs, rhs, window_strides, padding, *args, feature_group_count=1, **kwargs):
-    """`lax.conv_general_dilated`; on a CPU a grouped convolution runs as a dense block-diagonal one.
-
-    Takes the arguments of `lax.conv_general_dilated` (an `nn.Conv(conv_general_dilated=...)`)
-    with the kernel `rhs` in Flax's HWIO layout: (kernel size..., in channels per group,
-    out channels).
-    """
-    groups = feature_group_count
-    if groups > 1 and jax.default_backend() == "cpu":
-        *window, group_in, out = rhs.shape
-        blocks = rhs.reshape(*window, group_in, groups, out // groups)
-        # full[..., G * group_in + i, g * group_out + o] = blocks[..., i, g, o] if G == g else 0
-        full = jnp.einsum("...igo,Gg->...Gigo", blocks, jnp.eye(groups, dtype=rhs.dtype))
-        rhs, groups = full.reshape(*window, groups * group_in, out), 1
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, *args, feature_group_count=groups,
-                                    **kwargs)  # fmt: skip
-
-
-class ResNeXtBlock(nn.Module):
-    """The ResNeXt block: 1x1 conv, grouped 3x3 conv (`groups` groups), 1x1 conv, plus a shortcut.
-
-    `bot_channels = round(num_channels * bot_mul)` must be a multiple of `groups`. The 3x3
-    convolution carries the block's `strides`; the shortcut is a 1x1 convolution with
-    BatchNorm when `use_1x1conv` is set or the block changes the shape of its input.
-    """
-
-    num_channels: int
-    groups: int
-    bot_mul: float
-    use_1x1conv: bool = False
-    strides: tuple = (1, 1)
-    training: bool = True
-
-    @nn.compact
-    def __call__(self, X):
-        bot_channels = int(round(self.num_channels * self.bot_mul))
-        if bot_channels % self.groups:
-            raise ValueError(f"ResNeXtBlock: {bot_channels} bottleneck channels "
-                             f"(num_channels * bot_mul) do not split into {self.groups} groups")  # fmt: skip
-        norm = partial(BatchNorm, use_running_average=not self.training)
-        Y = nn.relu(norm(name="bn1")(nn.Conv(bot_channels, kernel_size=(1, 1), name="conv1")(X)))
-        Y = nn.Conv(bot_channels, kernel_size=(3, 3), strides=self.strides, padding="SAME",
-                    feature_group_count=self.groups, conv_general_dilated=grouped_conv, name="conv2")(Y)
-        Y = nn.relu(norm(name="bn2")(Y))
-        Y = norm(name="bn3")(nn.Conv(self.num_channels, kernel_size=(1, 1), name="conv3")(Y))
-        if self.use_1x1conv or changes_shape(X, self.num_channels, self.strides):
-            X = nn.Conv(self.num_channels, kernel_size=(1, 1), strides=self.strides, name="conv4")(X)
-            X = norm(name="bn4")(X)
-        return nn.relu(Y + X)
-
-
 class ResNeXt(ResNet):
-    """The ResNet template (stem, stages, head from `chapters.resnet`) with ResNeXt blocks."""
+    """The ResNet template (stem, stages, head from `chapters.resnet`) with ResNeXt blocks of
+    `groups` groups each (cardinality)."""
 
     arch: tuple = ((2, 64), (2, 128), (2, 256), (2, 512))
     groups: int = 16
@@ -113,8 +50,9 @@ class ResNeXt(ResNet):
         for i in range(num_residuals):
             downsample = i == 0 and not first_block  # as in ResNet.block: halve, project
             strides = (2, 2) if downsample else (1, 1)
-            blk.append(ResNeXtBlock(num_channels, self.groups, self.bot_mul, use_1x1conv=downsample,
-                                    strides=strides, training=self.training))  # fmt: skip
+            group_width = round(num_channels * self.bot_mul) // self.groups  # the block's `groups`
+            blk.append(d2l.ResNeXtBlock(num_channels, group_width, self.bot_mul, use_1x1conv=downsample,
+                                        strides=strides, training=self.training))  # fmt: skip
         return nn.Sequential(blk)
 
 

@@ -6,31 +6,15 @@ layer to 10 scores; the Classifier's cross-entropy applies the softmax inside th
 256, 10 epochs. The model is the concise implementation of section 4.5 (`nn.Dense`), which
 is what the from-scratch version of section 4.4 computes.
 
-Departure from the book's JAX code: none in the model; the book's `loss(params, X, Y,
-state)` becomes d2lite's `loss(Y_hat, Y)`, inherited from `d2l.Classifier`.
+The model is the book's `d2l.SoftmaxRegression`, trained as the book's code trains it.
 
     python -m chapters.softmax_regression            # 10 epochs, batch 256, SGD lr 0.1
     python -m chapters.softmax_regression --quick    # a smoke run of a few batches
 """
 import sys
 
-from flax import linen as nn
-
 import d2lite as d2l
 from d2lite.cli import chapter_parser, run_main, train_chapter
-
-
-class SoftmaxRegression(d2l.Classifier):
-    """The softmax regression model: flatten, then one dense layer of `num_outputs` scores."""
-
-    num_outputs: int = 10
-    lr: float = 0.1
-
-    def setup(self):
-        self.net = nn.Sequential([
-            lambda x: x.reshape((x.shape[0], -1)),  # flatten
-            nn.Dense(self.num_outputs),
-        ])  # fmt: skip
 
 
 def parser():
@@ -40,7 +24,7 @@ def parser():
 
 def run(argv=None):
     args = parser().parse_args(argv)
-    model = SoftmaxRegression(lr=args.lr)
+    model = d2l.SoftmaxRegression(num_outputs=10, lr=args.lr)
     return train_chapter(args, model)
 
 

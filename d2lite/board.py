@@ -1,4 +1,9 @@
-"""Training feedback: the book's live loss plot and a one-line terminal progress report."""
+"""Pictures: the book's live loss plot and plotting helpers, and a one-line terminal progress report.
+
+The book's helpers (`use_svg_display`, `set_figsize`, `set_axes`, `plot`, `show_images`) draw
+with pyplot, as the book's do, so that a notebook shows their figures at the end of the cell.
+The board and the Trainer never touch pyplot: scripts open no windows.
+"""
 
 import io
 import os
@@ -7,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure
 
 
@@ -41,8 +47,10 @@ def _atomic_savefig(fig, path):
 class ProgressBoard:
     """Live plot of training curves, drawn with `draw(x, y, label, every_n)` as in the book.
 
-    Shows inline in a Jupyter kernel; elsewhere rewrites `save_dir/progress.{png,svg}`
-    when `save_dir` is given, and otherwise only records the points in `data`.
+    `draw` averages every `every_n` points of a label into one (the book's `raw_points` and
+    `data`). Shows inline in a Jupyter kernel; elsewhere rewrites `save_dir/progress.{png,svg}`
+    when `save_dir` is given, and otherwise only records the points. The figure is made at
+    the first drawing: every model carries a board, and most are never drawn.
     """
 
     def __init__(self, xlabel=None, ylabel=None, xlim=None, ylim=None,
@@ -53,34 +61,28 @@ class ProgressBoard:
         self.xlim, self.ylim = xlim, ylim
         self.xscale, self.yscale = xscale, yscale
         self.ls, self.colors = tuple(ls), tuple(colors)
-        self.display = display
-        self.save_dir = None if save_dir is None else Path(save_dir)
-        # Our own Figure, never pyplot: no GUI windows and no global figure registry.
-        # A caller's figure keeps its own layout; ours gets one tight_layout per render,
+        self.fig, self.axes, self.figsize = fig, axes, figsize
+        # Our own Figure, never pyplot: no GUI windows and no global figure registry. A
+        # caller's figure keeps its own layout; ours gets one tight_layout per render,
         # cheaper than a layout engine, which would re-run for each of png and svg.
         self._own_fig = fig is None and axes is None
-        if axes is not None:
-            fig = axes.figure
-        elif fig is None:
-            fig = Figure(figsize=figsize)
-        self.fig = fig
-        self.axes = axes if axes is not None else (fig.axes[0] if fig.axes else fig.add_subplot())
+        self.display = display
+        self.save_dir = None if save_dir is None else Path(save_dir)
+        self.raw_points = {}  # label -> points not yet averaged into `data`
         self.data = {}  # label -> [(x, y), ...] as plotted
-        self._pending = {}  # label -> raw points not yet averaged into `data`
         self._lines = {}
         self._dirty = set()  # labels whose Line2D lags behind `data`
         self._announced = False
 
     def draw(self, x, y, label, every_n=1):
-        pending = self._pending.setdefault(label, [])
-        if label not in self.data:
-            self.data[label] = []
-        pending.append((float(x), float(y)))
-        if len(pending) < every_n:
+        points = self.raw_points.setdefault(label, [])
+        line = self.data.setdefault(label, [])
+        points.append((float(x), float(y)))
+        if len(points) < every_n:
             return
-        xs, ys = zip(*pending, strict=True)
-        self.data[label].append((sum(xs) / len(xs), sum(ys) / len(ys)))
-        pending.clear()
+        xs, ys = zip(*points, strict=True)
+        line.append((sum(xs) / len(xs), sum(ys) / len(ys)))
+        points.clear()
         self._dirty.add(label)
         self._render()
 
@@ -93,6 +95,11 @@ class ProgressBoard:
 
     def _sync(self):
         """Bring the matplotlib artists up to date with `data` and the current settings."""
+        if self.axes is None:
+            if self.fig is None:
+                self.fig = Figure(figsize=self.figsize)
+            self.axes = self.fig.axes[0] if self.fig.axes else self.fig.add_subplot()
+        self.fig = self.axes.figure
         ax = self.axes
         new_label = False
         for label in self.data:  # dict order = order first seen, so styles are stable
@@ -101,6 +108,7 @@ class ProgressBoard:
                 style = dict(linestyle=self.ls[i % len(self.ls)],
                              color=self.colors[i % len(self.colors)])
                 (self._lines[label],) = ax.plot([], [], label=label, **style)
+                self._dirty.add(label)
                 new_label = True
         for label in self._dirty:
             xs, ys = zip(*self.data[label], strict=True) if self.data[label] else ((), ())
@@ -143,6 +151,86 @@ class ProgressBoard:
             if not self._announced:
                 self._announced = True
                 print(f"live plot: {(self.save_dir / 'progress.png').resolve()}", flush=True)
+
+
+def use_svg_display():
+    """Show pyplot figures as SVG in Jupyter; nothing outside IPython."""
+    ipython = sys.modules.get("IPython")  # imported by every Jupyter kernel, not by scripts
+    if ipython is not None and ipython.get_ipython() is not None:
+        from matplotlib_inline import backend_inline
+
+        backend_inline.set_matplotlib_formats("svg")
+
+
+def set_figsize(figsize=(3.5, 2.5)):
+    """The size of pyplot's next figures, in inches."""
+    from matplotlib import pyplot as plt
+
+    use_svg_display()
+    plt.rcParams["figure.figsize"] = figsize
+
+
+def set_axes(axes, xlabel, ylabel, xlim, ylim, xscale, yscale, legend):
+    """Label, scale and bound `axes`, add a legend when given, and a grid."""
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_xscale(xscale)
+    axes.set_yscale(yscale)
+    axes.set_xlim(xlim)
+    axes.set_ylim(ylim)
+    if legend:
+        axes.legend(legend)
+    axes.grid()
+
+
+def plot(X, Y=None, xlabel=None, ylabel=None, legend=None, xlim=None, ylim=None, xscale="linear",
+         yscale="linear", fmts=("-", "m--", "g-.", "r:"), figsize=(3.5, 2.5), axes=None):
+    """Plot one or more curves on pyplot's current axes (or `axes`), as the book's `d2l.plot`.
+
+    `X` and `Y` are each one sequence of numbers or a list of them; with `Y` left out, `X`
+    holds the y values and they are plotted against their index. One x sequence serves
+    every y sequence.
+    """
+    from matplotlib import pyplot as plt
+
+    def one_curve(values):  # a flat sequence of numbers, not a list of sequences
+        return getattr(values, "ndim", None) == 1 or (
+            isinstance(values, list) and not hasattr(values[0], "__len__"))
+
+    if one_curve(X):
+        X = [X]
+    if Y is None:
+        X, Y = [[]] * len(X), X
+    elif one_curve(Y):
+        Y = [Y]
+    if len(X) != len(Y):
+        X = X * len(Y)
+    set_figsize(figsize)
+    axes = plt.gca() if axes is None else axes
+    axes.cla()
+    for x, y, fmt in zip(X, Y, fmts, strict=False):  # at most as many curves as formats
+        if len(x):
+            axes.plot(x, y, fmt)
+        else:
+            axes.plot(y, fmt)
+    set_axes(axes, xlabel, ylabel, xlim, ylim, xscale, yscale, legend)
+
+
+def show_images(imgs, num_rows, num_cols, titles=None, scale=1.5):
+    """A pyplot grid of images (grayscale for 2-D ones) with optional titles; returns the axes."""
+    from matplotlib import pyplot as plt
+
+    _, axes = plt.subplots(num_rows, num_cols, figsize=(num_cols * scale, num_rows * scale),
+                           squeeze=False)
+    axes = axes.reshape(-1)
+    for i, (ax, img) in enumerate(zip(axes, imgs, strict=False)):
+        ax.imshow(np.asarray(img), cmap="gray")
+        ax.set_axis_off()
+        if titles is not None and i < len(titles):
+            ax.set_title(titles[i], fontsize=8)
+    for ax in axes[len(imgs):]:
+        ax.set_axis_off()
+    return axes
 
 
 def _hms(seconds):

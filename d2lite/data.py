@@ -1,4 +1,4 @@
-"""DataModule and FashionMNIST.
+"""DataModule, FashionMNIST and SyntheticRegressionData.
 
 The Trainer's fast path asks a data module for whole arrays (`arrays(train)`), puts them on
 the device once, and calls `preprocess(batch)` inside its jitted step. Fashion-MNIST stays
@@ -6,12 +6,37 @@ uint8 28x28 until then: scaling and resizing cost nothing on the host and 47 MB 
 device. Data modules written the book's way, with only `get_dataloader(train)`, still
 work: their batches are gathered into arrays once.
 """
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .board import show_images
 from .errors import D2LiteError
 from .hparams import HyperParameters
+
+
+class Loader:
+    """Minibatches of NumPy arrays, reshuffled at every pass when `shuffle`; `len` counts them.
+
+    What the book's loaders (tf.data through tfds.as_numpy) give, without TensorFlow: the
+    last batch may be smaller, and `transform` is applied to each batch.
+    """
+
+    def __init__(self, tensors, batch_size, shuffle, transform=None):
+        self.tensors = tuple(np.asarray(a) for a in tensors)
+        self.batch_size, self.shuffle, self.transform = batch_size, shuffle, transform
+
+    def __len__(self):
+        return math.ceil(len(self.tensors[0]) / self.batch_size)
+
+    def __iter__(self):
+        count = len(self.tensors[0])
+        order = np.random.permutation(count) if self.shuffle else np.arange(count)
+        for start in range(0, count, self.batch_size):
+            batch = tuple(a[order[start : start + self.batch_size]] for a in self.tensors)
+            yield batch if self.transform is None else self.transform(batch)
 
 
 class DataModule(HyperParameters):
@@ -24,7 +49,12 @@ class DataModule(HyperParameters):
         self.save_hyperparameters()
 
     def get_dataloader(self, train):
-        raise NotImplementedError
+        """Preprocessed NumPy batches of `arrays(train)`, shuffled when training."""
+        if type(self).arrays is DataModule.arrays:  # each default would call the other
+            raise NotImplementedError(f"{type(self).__name__} defines neither get_dataloader nor arrays")
+        preprocess = jax.jit(self.preprocess)
+        return Loader(self.arrays(train), self.batch_size, shuffle=train,
+                      transform=lambda batch: jax.device_get(preprocess(batch)))  # fmt: skip
 
     def train_dataloader(self):
         return self.get_dataloader(train=True)
@@ -33,14 +63,8 @@ class DataModule(HyperParameters):
         return self.get_dataloader(train=False)
 
     def get_tensorloader(self, tensors, train, indices=slice(0, None)):
-        """Host minibatches of `tensors` (shuffled when training), like the book's helper."""
-        tensors = tuple(np.asarray(a)[indices] for a in tensors)
-        order = np.arange(len(tensors[0]))
-        if train:
-            np.random.default_rng().shuffle(order)
-        for start in range(0, len(order), self.batch_size):
-            picked = order[start : start + self.batch_size]
-            yield tuple(a[picked] for a in tensors)
+        """Minibatches of the rows `indices` of `tensors`, shuffled when training."""
+        return Loader(tuple(np.asarray(a)[indices] for a in tensors), self.batch_size, shuffle=train)
 
     def arrays(self, train):
         """The whole split as a tuple of NumPy arrays (inputs..., targets)."""
@@ -55,11 +79,31 @@ class DataModule(HyperParameters):
         return batch
 
 
+class SyntheticRegressionData(DataModule):
+    """Linear regression data `y = Xw + b + noise`: standard normal X, Gaussian noise.
+
+    Drawn from the fixed key 0, as in the book; the first `num_train` rows train.
+    """
+
+    def __init__(self, w, b, noise=0.01, num_train=1000, num_val=1000, batch_size=32):
+        self.save_hyperparameters()
+        n = num_train + num_val
+        w = jnp.asarray(w, dtype=jnp.float32).reshape(-1, 1)
+        features_key, noise_key = jax.random.split(jax.random.PRNGKey(0))
+        self.X = jax.random.normal(features_key, (n, w.shape[0]))
+        self.y = self.X @ w + b + noise * jax.random.normal(noise_key, (n, 1))
+
+    def get_dataloader(self, train):
+        rows = slice(0, self.num_train) if train else slice(self.num_train, None)
+        return self.get_tensorloader((self.X, self.y), train, rows)
+
+
 class FashionMNIST(DataModule):
     """Fashion-MNIST: 60000 training and 10000 test images of 10 kinds of clothing.
 
     `data_dir` overrides the search path (`$D2LITE_DATA`, the user cache, Debian's
     `/usr/share/datasets/fashion-mnist`); `num_train`/`num_val` take the first examples only.
+    `train` and `val` are the raw (uint8 images, labels) pairs, as in the book.
     """
 
     num_classes = 10
@@ -110,35 +154,12 @@ class FashionMNIST(DataModule):
             X = jax.image.resize(X, (X.shape[0], *self.resize, 1), method="bilinear")
         return X, labels
 
-    def get_dataloader(self, train):
-        """Preprocessed host batches, for looking at the data (the Trainer uses `arrays`)."""
-        preprocess = jax.jit(self.preprocess)
-        for batch in self.get_tensorloader(self.arrays(train), train):
-            yield preprocess(batch)
-
     def text_labels(self, indices):
         return [self.LABELS[int(i)] for i in np.asarray(indices).reshape(-1)]
 
-    def visualize(self, batch, nrows=1, ncols=8, labels=(), path=None):
-        """Show the first images of a batch with their labels; save them to `path` if given."""
+    def visualize(self, batch, nrows=1, ncols=8, labels=()):
+        """Show the first images of a batch titled with their labels; returns the axes."""
         X, y = batch
         if not labels:
             labels = self.text_labels(y)
-        return show_images(np.asarray(X)[..., 0], nrows, ncols, titles=labels, path=path)
-
-
-def show_images(imgs, num_rows, num_cols, titles=None, scale=1.5, path=None):
-    """A grid of grayscale images with optional titles, as a matplotlib Figure."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(num_cols * scale, num_rows * scale))
-    axes = fig.subplots(num_rows, num_cols, squeeze=False).reshape(-1)
-    for i, ax in enumerate(axes):
-        ax.set_axis_off()
-        if i < len(imgs):
-            ax.imshow(imgs[i], cmap="gray")
-            if titles is not None and i < len(titles):
-                ax.set_title(titles[i], fontsize=8)
-    if path is not None:
-        fig.savefig(path, bbox_inches="tight")
-    return fig
+        return show_images(np.asarray(X)[..., 0], nrows, ncols, titles=labels)

@@ -1,5 +1,18 @@
-"""HyperParameters: the book's way of turning constructor arguments into attributes."""
+"""HyperParameters and add_to_class: the book's two idioms for building classes in a notebook."""
 import inspect
+
+
+def add_to_class(Class):
+    """Register the decorated function as a method of `Class` (the book's notebook idiom).
+
+    Unlike the book's, the decorator returns the function, so its name stays usable.
+    """
+
+    def register(function):
+        setattr(Class, function.__name__, function)
+        return function
+
+    return register
 
 
 class HyperParameters:

@@ -1,21 +1,46 @@
 """Module and Classifier: the book's model base classes, as Flax Linen modules.
 
-The book's JAX code computes the loss from `(params, X, Y, state)` and plots from inside
-`training_step`, which forces a host sync per step. Here `training_step` and
-`validation_step` are pure functions that the Trainer runs inside its jitted step, `loss`
-takes predictions and targets like the book's PyTorch code, and the Trainer calls `plot`
-on the host only when a point is due.
+The book's JAX methods are the contract: `loss(params, X, Y, state, averaged=True)`,
+`training_step(params, batch, state)` returning `(value, grads)`, `validation_step`, and
+`plot` called from inside them; a reader may replace any of them with `add_to_class`. The
+Trainer runs the two steps inside its jitted programs. There `plot` cannot draw: it records
+the traced value (`recording_plots`), the step returns it, and the Trainer hands it to `plot`
+on the host when the book's cadence says a point is due, so no step waits for the host.
+
+d2lite's shorter style works too: a `loss(Y_hat, Y, averaged=True)` that takes predictions
+(the book's PyTorch signature). `objective` runs whichever kind of `loss` a model has.
 """
+import contextlib
 import dataclasses
+import inspect
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
+from .board import ProgressBoard
 from .errors import D2LiteError
 from .hparams import HyperParameters
-from .utils import get_key
+
+_recorders = []  # one {(key, train): value} per step being traced, innermost last
+
+
+@contextlib.contextmanager
+def recording_plots():
+    """Collect what `Module.plot` receives while a step is traced, as {(key, train): value}."""
+    values = {}
+    _recorders.append(values)
+    try:
+        yield values
+    finally:
+        _recorders.pop()
+
+
+def takes_predictions(loss):
+    """Whether `loss` is d2lite's `loss(Y_hat, Y, ...)`, not the book's `loss(params, X, Y, state, ...)`."""
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in kinds for p in inspect.signature(loss).parameters.values()) < 4
 
 
 def has_training_flag(model):
@@ -33,8 +58,11 @@ class Module(nn.Module, HyperParameters):
     # Keyword-only, so that subclasses may declare required fields such as `lr: float`.
     plot_train_per_epoch: int = dataclasses.field(default=2, kw_only=True)
     plot_valid_per_epoch: int = dataclasses.field(default=1, kw_only=True)
+    # Each model gets its own board, so a cell can set `model.board.yscale = 'log'` before fit.
+    board: ProgressBoard = dataclasses.field(default_factory=ProgressBoard, init=False, repr=False,
+                                             compare=False)  # fmt: skip
 
-    def loss(self, Y_hat, Y, averaged=True):
+    def loss(self, y_hat, y):
         raise NotImplementedError
 
     def forward(self, X, *args, **kwargs):
@@ -48,35 +76,50 @@ class Module(nn.Module, HyperParameters):
         """Outputs for the inputs `X` (a tuple) with the state's apply function, no updates."""
         return state.apply_fn({"params": params, "batch_stats": state.batch_stats}, *X)
 
-    def training_step(self, params, batch, state):
-        """Loss, BatchNorm updates and gradients for one batch; runs inside the jitted step."""
+    def objective(self, params, batch, state):
+        """(loss, variable updates) of one batch, whichever way `loss` is written.
 
-        def objective(params):
+        The book's `loss(params, X, Y, state)` returns the loss or (loss, updates); for
+        d2lite's `loss(Y_hat, Y)` the predictions come from `state.apply_fn`, with BatchNorm
+        statistics updated and the state's dropout key.
+        """
+        if takes_predictions(self.loss):
             Y_hat, updates = state.apply_fn(
-                {"params": params, "batch_stats": state.batch_stats},
-                *batch[:-1],
-                mutable=["batch_stats"],
-                rngs={"dropout": state.dropout_rng},
-            )
+                {"params": params, "batch_stats": state.batch_stats}, *batch[:-1],
+                mutable=["batch_stats"], rngs={"dropout": state.dropout_rng})  # fmt: skip
             return self.loss(Y_hat, batch[-1]), updates
+        value = self.loss(params, batch[:-1], batch[-1], state)
+        return value if isinstance(value, tuple) else (value, {})
 
-        (loss, updates), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    def training_step(self, params, batch, state):
+        """`((loss, updates), grads)` of one batch; plots the loss."""
+        (loss, updates), grads = jax.value_and_grad(self.objective, has_aux=True)(params, batch, state)
+        self.plot("loss", loss, train=True)
         return (loss, updates), grads
 
     def validation_step(self, params, batch, state):
-        """Per-example metrics of one batch; the Trainer masks padding and averages them."""
-        Y_hat = self.predict(params, batch[:-1], state)
-        return {"loss": self.loss(Y_hat, batch[-1], averaged=False)}
+        self.plot("loss", self.objective(params, batch, state)[0], train=False)
 
     def plot(self, key, value, train):
-        """Add a point to the trainer's board: train points at fractional epochs, val at ends."""
+        """Add a point to the board: train points at fractional epochs, averaged over
+        `1 / plot_train_per_epoch` of an epoch, validation points at epoch ends.
+
+        Inside the Trainer's jitted steps the value is recorded instead, and drawn later.
+        """
+        if _recorders:
+            _recorders[-1][key, train] = value
+            return
         assert hasattr(self, "trainer"), "plot() needs a Trainer: call trainer.fit(model, data)"
         trainer = self.trainer
+        self.board.xlabel = "epoch"
         if train:
             x = trainer.train_batch_idx / trainer.num_train_batches
+            n = trainer.num_train_batches / self.plot_train_per_epoch
         else:
             x = trainer.epoch + 1
-        trainer.board.draw(x, value, ("train_" if train else "val_") + key)
+            n = trainer.num_val_batches / self.plot_valid_per_epoch
+        # At least 1: the book's int(n) is 0 for an epoch of one batch, and nothing is drawn.
+        self.board.draw(x, float(value), ("train_" if train else "val_") + key, every_n=max(1, int(n)))
 
     def apply_init(self, dummy_input, key):
         """Initial variables from a tuple of example inputs."""
@@ -89,34 +132,44 @@ class Module(nn.Module, HyperParameters):
 class Classifier(Module):
     """The base class of classification models: cross-entropy loss and accuracy."""
 
-    def loss(self, Y_hat, Y, averaged=True):
+    def loss(self, params, X, Y, state, averaged=True):
+        """Cross-entropy of the logits for the inputs `X` (a tuple), and the variable updates.
+
+        The book's last version (section 8.5): BatchNorm statistics are updated and the
+        dropout layers get the state's key; `(losses, updates)` per example when not averaged.
+        """
+        Y_hat, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, *X,
+            mutable=["batch_stats"], rngs={"dropout": state.dropout_rng})  # fmt: skip
         Y_hat = Y_hat.reshape((-1, Y_hat.shape[-1])).astype(jnp.float32)
         losses = optax.softmax_cross_entropy_with_integer_labels(Y_hat, Y.reshape(-1))
-        return losses.mean() if averaged else losses
+        return (losses.mean() if averaged else losses), updates
 
-    def accuracy(self, Y_hat, Y, averaged=True):
-        """Fraction (or, unaveraged, indicator) of correct predictions."""
+    def accuracy(self, params, X, Y, state, averaged=True):
+        """Fraction (or, unaveraged, indicator) of correct predictions for the inputs `X` (a tuple)."""
+        Y_hat = self.predict(params, X, state)
         predictions = Y_hat.reshape((-1, Y_hat.shape[-1])).argmax(axis=1)
         correct = (predictions == Y.reshape(-1)).astype(jnp.float32)
         return correct.mean() if averaged else correct
 
     def validation_step(self, params, batch, state):
-        Y_hat = self.predict(params, batch[:-1], state)
-        Y = batch[-1]
-        return {
-            "loss": self.loss(Y_hat, Y, averaged=False),
-            "acc": self.accuracy(Y_hat, Y, averaged=False),
-        }
+        self.plot("loss", self.objective(params, batch, state)[0], train=False)
+        self.plot("acc", self.accuracy(params, batch[:-1], batch[-1], state), train=False)
 
     def layer_summary(self, X_shape, key=None):
-        """Print the output shape of each top-level layer of `self.net`; return the pairs."""
+        """Print the output shape of each top-level layer of `self.net` (of the whole model
+        when it has no `net`); return the pairs.
+
+        Unlike the book's, it draws no parameters and runs no layer: the shapes are traced.
+        """
         model = for_evaluation(self)  # same shapes, and neither dropout keys nor stat updates
-        key = get_key() if key is None else key
+        key = jax.random.PRNGKey(0) if key is None else key
         summary = []
 
-        def trace(X):  # abstract: no parameter is drawn and no convolution compiled
+        def trace(X):
             bound = model.bind(model.init(key, X))
-            for layer in bound.net.layers:
+            net = getattr(bound, "net", None)
+            for layer in net.layers if isinstance(net, nn.Sequential) else [bound]:
                 X = layer(X)
                 summary.append((layer_name(layer), X.shape))
             return X

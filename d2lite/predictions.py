@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from jax import lax
 
-from .data import show_images
+from .board import show_images
 from .errors import D2LiteError
 
 
@@ -54,8 +54,9 @@ def plot_predictions(trainer, path=None, num_rows=4, num_cols=8, scale=1.5):
     images = np.clip(X[order], 0, 1)
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
-    fig = show_images(images, num_rows, num_cols, titles=titles, scale=scale)
-    for ax, mistake in zip(fig.axes, wrong[order], strict=False):
+    axes = show_images(images, num_rows, num_cols, titles=titles, scale=scale)
+    fig = axes[0].figure
+    for ax, mistake in zip(axes, wrong[order], strict=False):
         if mistake:
             ax.title.set_color("C3")
     fig.suptitle(f"{int(wrong.sum())} mistakes in {len(y)} validation images "

@@ -16,7 +16,6 @@ from flax import serialization
 
 from . import runs
 from .errors import D2LiteError
-from .sharding import to_host
 
 
 class RecordedRun:
@@ -87,20 +86,21 @@ class RecordedRun:
         """Save what fit needs to continue; return the checkpoint's path (None without a run).
 
         At the end of an epoch `partial` is None; after Ctrl-C in the middle of one it is
-        (position, losses so far, seconds so far).
+        (the losses of its steps so far, seconds so far).
         """
         if self.checkpoints is None:
             return None
-        position, losses, seconds = partial or (0, [], 0.0)
+        losses, seconds = partial or ([], 0.0)
+        position = len(losses)
         finished = self.epoch if partial else self.epoch + 1
         if not partial:
             runs.write_metrics(self.run_path, self.history)
         step = finished * self.num_train_batches + position
         meta = {
             "epoch": finished, "position": position, "seconds_in_epoch": seconds,
-            "losses_in_epoch": [float(v) for c in losses for v in to_host(c)][:position],
+            "losses_in_epoch": losses,
             "wall_time": self._wall_time(), "history": self.history,
-            "board": {label: [list(p) for p in points] for label, points in self.board.data.items()},
+            "board": {"data": self.board.data, "raw_points": self.board.raw_points},
             "settings": self._settings(),
         }  # fmt: skip
         arrays = self._checkpoint_arrays()
@@ -130,17 +130,14 @@ class RecordedRun:
         self.history = meta["history"]
         self._wall_time_before = meta["wall_time"]
         if position:
-            losses = np.asarray(meta["losses_in_epoch"], dtype=np.float32)
-            self._partial_epoch = (position, [losses], meta["seconds_in_epoch"])
+            self._partial_epoch = (meta["losses_in_epoch"], meta["seconds_in_epoch"])
         self.train_batch_idx = self.epoch * self.num_train_batches + position
         self.val_batch_idx = self.epoch * self.num_val_batches
-        # Put the plotted points back without drawing each one.
-        save_dir, display = self.board.save_dir, self.board.display
-        self.board.save_dir, self.board.display = None, False
-        for label, points in meta["board"].items():
-            for x, y in points:
-                self.board.draw(x, y, label)
-        self.board.save_dir, self.board.display = save_dir, display
+        # Put the plotted points back, and those still to be averaged into the next one
+        # (checkpoints of d2lite 0.1 hold only the plotted points).
+        board = meta["board"] if "raw_points" in meta["board"] else {"data": meta["board"], "raw_points": {}}
+        for name, lines in board.items():
+            setattr(self.board, name, {label: [tuple(p) for p in line] for label, line in lines.items()})
         runs.write_metrics(self.run_path, self.history)
         self._write_config(resumed={"at": time.strftime("%Y-%m-%d %H:%M:%S"), "step": meta["step"],
                                     "epoch": self.epoch, "position": position})  # fmt: skip

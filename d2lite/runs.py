@@ -81,7 +81,7 @@ def describe(value):
 def model_settings(model):
     """The model's class and hyperparameters (its dataclass fields)."""
     fields = {f.name: describe(getattr(model, f.name)) for f in dataclasses.fields(model)
-              if f.name not in ("parent", "name", "training")}  # fmt: skip
+              if f.init and f.name not in ("parent", "name", "training")}  # fmt: skip
     return {"class": describe(type(model)), **fields}
 
 

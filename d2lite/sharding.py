@@ -45,12 +45,18 @@ class DataParallel:
             )
 
     def replicate(self, tree):
-        """Put every array of `tree` on every device (a global array across hosts)."""
-        if jax.process_count() == 1:
-            return jax.device_put(tree, self.replicated)
+        """Put every array of `tree` on every device (a global array across hosts).
 
-        def place(leaf):  # each host holds the same values: let it supply its own shards
-            host = np.asarray(leaf)
+        Other leaves stay as they are: the book's `SGD.init` returns a class for its state,
+        which its eager loop (and a reader's `fit_epoch`) handles and no device can hold.
+        """
+
+        def place(leaf):
+            if not hasattr(leaf, "dtype") and not isinstance(leaf, int | float | complex):
+                return leaf
+            if jax.process_count() == 1:
+                return jax.device_put(leaf, self.replicated)
+            host = np.asarray(leaf)  # each host holds the same values: it supplies its own shards
             return jax.make_array_from_callback(host.shape, self.replicated, lambda index: host[index])
 
         return jax.tree.map(place, tree)

@@ -4,17 +4,25 @@ Per fit there are two compiled programs, both with fixed shapes:
 - `train_chunk` runs `steps_per_dispatch` training steps. Each step gathers
   a batch from the resident arrays by index, preprocesses it (scale, resize), runs the
   model's `training_step` (forward, loss, gradients, BatchNorm statistics, a fresh dropout
-  key), clips gradients and applies the optax update. The state buffers are donated.
-- `eval_batch` adds one batch's masked per-example metrics to running sums on the device;
-  the validation set is padded to whole batches once, so every example counts exactly once.
+  key), clips gradients and applies the optax update. The state buffers are donated. What
+  the step passes to `model.plot` comes back as outputs; the host reads them in bulk when a
+  point of the live plot is due and replays them through `model.plot`, as the book's loop
+  would have called it.
+- `eval_batch` runs the model's `validation_step` on each example of a batch (`vmap`), so
+  whatever it plots is known per example, and adds the masked values to running sums on the
+  device; the validation set is padded to whole batches once, so every example counts
+  exactly once however the step averages.
 Epochs differ only in traced values (the permutation, the chunk start), so nothing
-recompiles after the first epoch. With several devices each batch is split over them
-(sharding.py); `precision="bfloat16"` computes in bfloat16 around float32 state (precision.py).
+recompiles after the first epoch. A `fit_epoch` of the reader's own (the book's loop of
+section 3.4) runs instead of ours, over `train_dataloader` and `val_dataloader`. With
+several devices each batch is split over them (sharding.py); `precision="bfloat16"`
+computes in bfloat16 around float32 state (precision.py).
 
 With a run directory the host also writes, between epochs, the metrics and a checkpoint,
 and a run resumes exactly (recording.py).
 """
 import contextlib
+import itertools
 import math
 import signal
 import sys
@@ -30,10 +38,11 @@ import optax
 from flax.training import train_state
 from jax import lax
 
-from .board import ProgressBoard, ProgressLine
+from . import book
+from .board import ProgressLine
 from .errors import D2LiteError
 from .hparams import HyperParameters
-from .module import Classifier, for_evaluation, input_error
+from .module import Classifier, for_evaluation, input_error, recording_plots
 from .precision import compute_dtype, compute_in
 from .recording import RecordedRun
 from .sharding import DataParallel, to_host
@@ -60,13 +69,14 @@ class TrainingInterrupted(KeyboardInterrupt):
 class Trainer(RecordedRun, HyperParameters):
     """Fit a `Module` to a `DataModule`: `Trainer(max_epochs=10).fit(model, data)`.
 
-    `num_gpus` is accepted for the book's code and ignored: the Trainer trains data-parallel
-    on all of `devices` (default: `jax.devices()`, every GPU or TPU there is), each batch
-    split evenly over them. `precision="bfloat16"` computes forward and backward passes in
-    bfloat16 while parameters, optimizer state, BatchNorm statistics and the loss stay
-    float32. `steps_per_dispatch` runs several steps per call, for small models that Python
-    would otherwise slow down; "auto" means 1 on a CPU, where a step takes milliseconds
-    or more and unrolled chunks only add compile time, and up to 32 (one loop) on GPUs.
+    `num_gpus` is accepted for the book's code (`gpus` lists those GPUs) but picks no devices:
+    the Trainer trains data-parallel on all of `devices` (default: `jax.devices()`, every
+    GPU or TPU there is), each batch split evenly over them. `precision="bfloat16"`
+    computes forward and backward passes in bfloat16 while parameters, optimizer state,
+    BatchNorm statistics and the loss stay float32. `steps_per_dispatch` runs several steps
+    per call, for small models that Python would otherwise slow down; "auto" means 1 on a
+    CPU, where a step takes milliseconds or more and unrolled chunks only add compile time,
+    and up to 32 (one loop) on GPUs.
     `limit_train_batches`/`limit_val_batches` shorten epochs for smoke runs.
 
     Without `run_dir`, a fit keeps its results in memory and writes only the live plot, to
@@ -100,6 +110,7 @@ class Trainer(RecordedRun, HyperParameters):
         if run_dir is not None and out_dir is not None and Path(run_dir) != Path(out_dir):
             raise D2LiteError("give run_dir or out_dir, not both: a run directory holds the live plot too")
         self.save_hyperparameters()
+        self.gpus = [book.gpu(i) for i in range(min(num_gpus, book.num_gpus()))]
         self.state = None
         self.history = []
         self.checkpoints = None
@@ -109,6 +120,9 @@ class Trainer(RecordedRun, HyperParameters):
     # ----------------------------------------------------------------------------- set-up
     def prepare_data(self, data):
         self.data = data
+        # The book's loaders, for a fit_epoch of the reader's own; ours reads resident arrays.
+        self.train_dataloader = _Limited(data.train_dataloader(), self.limit_train_batches)
+        self.val_dataloader = _Limited(data.val_dataloader(), self.limit_val_batches)
         batch_size = data.batch_size
         train = data.arrays(True)
         val = data.arrays(False)
@@ -143,12 +157,17 @@ class Trainer(RecordedRun, HyperParameters):
         self.val_mask = self.parallel.replicate(np.arange(padded) < self.num_val_examples)
 
     def prepare_model(self, model):
-        object.__setattr__(model, "trainer", self)  # the book's model.plot() reads model.trainer
+        model.trainer = self  # model.plot() reads the batch counters
         self.model = model
         self.eval_model = for_evaluation(model)
+        self.board = model.board
+        self.board.xlim = [0, self.max_epochs]
         out_dir = self.run_path or self.out_dir or f"runs/{type(model).__name__.lower()}"
-        self.board = ProgressBoard(xlabel="epoch", xlim=[0, self.max_epochs],
-                                   save_dir=out_dir if self.plot else None)  # fmt: skip
+        self.board.save_dir = Path(out_dir) if self.plot else None
+
+    def prepare_batch(self, batch):
+        """A batch as the model takes it, inside the jitted step (the data is on the device already)."""
+        return batch
 
     def init_state(self, key):
         params_key, dropout_key, init_dropout_key = jax.random.split(key, 3)
@@ -208,34 +227,43 @@ class Trainer(RecordedRun, HyperParameters):
 
         def train_step(state, arrays, indices):
             indices = parallel.split(indices)  # each device gathers and runs its own slice
-            batch = jax.tree.map(parallel.split, preprocess(tuple(a[indices] for a in arrays)))
+            batch = self.prepare_batch(preprocess(tuple(a[indices] for a in arrays)))
+            batch = jax.tree.map(parallel.split, batch)
             dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
-            (loss, updates), grads = model.training_step(
-                state.params, batch, state.replace(dropout_rng=dropout_rng)
-            )
+            with recording_plots() as plotted:
+                step_state = state.replace(dropout_rng=dropout_rng)
+                value, grads = model.training_step(state.params, batch, step_state)
+            # The book's Module returns the loss, its Classifier (loss, variable updates).
+            loss, updates = value if isinstance(value, tuple) else (value, {})
             batch_stats = updates.get("batch_stats", state.batch_stats)
-            return state.apply_gradients(grads=grads, batch_stats=batch_stats), loss
+            return state.apply_gradients(grads=grads, batch_stats=batch_stats), (loss, plotted)
 
         def train_chunk(state, arrays, order, start, num_steps):
             indices = lax.dynamic_slice_in_dim(order, start, num_steps)
             if num_steps == 1:
-                state, loss = train_step(state, arrays, indices[0])
-                losses = loss[None]
+                state, outputs = train_step(state, arrays, indices[0])
+                outputs = jax.tree.map(lambda x: x[None], outputs)
             else:  # unrolled on CPU, whose loops run ~3x slower than straight code; GPUs loop fine
                 unroll = num_steps if self.unroll_chunks else 1
-                state, losses = lax.scan(lambda s, i: train_step(s, arrays, i), state, indices,
-                                         unroll=unroll)  # fmt: skip
-            return parallel.keep_replicated(state), losses
+                state, outputs = lax.scan(lambda s, i: train_step(s, arrays, i), state, indices,
+                                          unroll=unroll)  # fmt: skip
+            return parallel.keep_replicated(state), outputs
 
-        eval_apply = compute_in(self.precision, self.eval_model.apply)
+        eval_model, eval_apply = self.eval_model, compute_in(self.precision, self.eval_model.apply)
 
         def eval_batch(state, arrays, mask, index, totals):
             rows = [parallel.split(lax.dynamic_slice_in_dim(a, index * batch_size, batch_size))
                     for a in arrays]  # fmt: skip
             weights = parallel.split(lax.dynamic_slice_in_dim(mask, index * batch_size, batch_size))
             eval_state = state.replace(apply_fn=eval_apply)
-            metrics = model.validation_step(state.params, preprocess(tuple(rows)), eval_state)
-            sums = {k: (v.reshape(batch_size, -1).mean(1) * weights).sum() for k, v in metrics.items()}
+
+            def plotted_for(example):  # a batch of one: what the step plots is this example's
+                with recording_plots() as plotted:
+                    eval_model.validation_step(state.params, tuple(a[None] for a in example), eval_state)
+                return plotted
+
+            values = jax.vmap(plotted_for)(tuple(self.prepare_batch(preprocess(tuple(rows)))))
+            sums = {k: (v.reshape(batch_size, -1).mean(1) * weights).sum() for k, v in values.items()}
             return sums if totals is None else jax.tree.map(jnp.add, totals, sums)
 
         self._epoch_order = jax.jit(epoch_order, out_shardings=parallel.replicated)
@@ -244,7 +272,7 @@ class Trainer(RecordedRun, HyperParameters):
 
     # -------------------------------------------------------------------------- training
     def fit(self, model, data, key=None):
-        """Train `model` on `data` for `max_epochs`; return the final TrainState."""
+        """Train `model` on `data` for `max_epochs`; the final TrainState is `self.state`."""
         self.run_path, resume_step = self._run_location()
         self.prepare_data(data)
         self.prepare_model(model)
@@ -277,66 +305,70 @@ class Trainer(RecordedRun, HyperParameters):
             self.progress_line.close()
             if self.checkpoints is not None:
                 self.checkpoints.close()
-        return self.state
 
     def fit_epoch(self):
+        """Train one epoch, hand what the steps plotted to `model.plot`, then validate."""
         self.progress_line.start_epoch(self.epoch)
         started = time.perf_counter()
         order = self._epoch_order(self._shuffle_key, self.epoch)
-        plot_every = max(1, self.num_train_batches // self.model.plot_train_per_epoch)
-        # An epoch resumed midway continues its permutation where it stopped.
-        first, losses, seconds_before = self._partial_epoch or (0, [], 0.0)
+        plot_every = max(1, int(self.num_train_batches / self.model.plot_train_per_epoch))
+        # The losses of the epoch's steps read so far; an epoch resumed midway continues its
+        # permutation after them.
+        losses, seconds_before = self._partial_epoch or ([], 0.0)
         self._partial_epoch = None
-        done, plotted = first, first // plot_every  # `done`: steps known to have finished
-        chunks = range(first, self.num_train_batches, self.dispatch_steps)
-        for start in list(chunks) + [None]:
-            if start is not None:
-                if self._stop_requested:  # Ctrl-C: stop here, between two steps
-                    seconds = seconds_before + time.perf_counter() - started
-                    checkpoint = self._save_checkpoint((start, losses, seconds))
-                    where = f"in epoch {self.epoch + 1} after step {start} of {self.num_train_batches}"
-                    raise self._interrupted(where, checkpoint)
-                num_steps = min(self.dispatch_steps, self.num_train_batches - start)
-                self.state, chunk_losses = self._train_chunk(
-                    self.state, self.train_arrays, order, start, num_steps=num_steps
-                )
-                losses.append(chunk_losses)
-            # Wait for the chunk before the one just queued: the device stays busy while the
-            # progress line reports finished work, and the host never runs far ahead.
-            ready = losses[:-1] if start is not None else losses
-            if not ready or sum(len(c) for c in ready) == done:
-                continue
-            ready[-1].block_until_ready()
-            newly_done = sum(len(c) for c in ready) - done
-            done += newly_done
-            if done // plot_every > plotted:  # a plot point is due: read the losses
-                values = np.concatenate([to_host(c) for c in ready])
-                if not np.isfinite(values).all():  # on the host already: checking is free
-                    raise self._nonfinite_loss(values)
-                while (plotted + 1) * plot_every <= done:
-                    plotted += 1
-                    window = values[(plotted - 1) * plot_every : plotted * plot_every]
-                    self.train_batch_idx = self.epoch * self.num_train_batches + plotted * plot_every
-                    self.model.plot("loss", float(window.mean()), train=True)
-            # The live line shows the latest loss; reading it costs a transfer, so only on a TTY.
-            latest = float(to_host(ready[-1])[-1]) if self.progress_line.tty else None
-            self.progress_line.advance(newly_done, loss=latest)
+        first = finished = len(losses)  # `finished`: steps known to be done
+        unread = []  # the outputs of dispatched chunks, still on the device
+        for start in range(first, self.num_train_batches, self.dispatch_steps):
+            if self._stop_requested:  # Ctrl-C: stop here, between two steps
+                self._read(unread, losses)
+                seconds = seconds_before + time.perf_counter() - started
+                checkpoint = self._save_checkpoint((losses, seconds))
+                where = f"in epoch {self.epoch + 1} after step {start} of {self.num_train_batches}"
+                raise self._interrupted(where, checkpoint)
+            num_steps = min(self.dispatch_steps, self.num_train_batches - start)
+            self.state, outputs = self._train_chunk(self.state, self.train_arrays, order, start,
+                                                    num_steps=num_steps)  # fmt: skip
+            unread.append(outputs)
+            if len(unread) > 1:
+                # Wait for the chunk before the one just queued: the device stays busy while the
+                # progress line reports finished work, and the host never runs far ahead.
+                previous_losses = unread[-2][0]
+                previous_losses.block_until_ready()
+                newly_finished, finished = start - finished, start
+                if finished // plot_every > len(losses) // plot_every:  # a plot point is due
+                    self._read(unread[:-1], losses)
+                    del unread[:-1]
+                # The live line shows the latest loss; reading it costs a transfer, so only on a TTY.
+                latest = float(to_host(previous_losses)[-1]) if self.progress_line.tty else None
+                self.progress_line.advance(newly_finished, loss=latest)
+        self._read(unread, losses)
+        self.progress_line.advance(self.num_train_batches - finished, loss=losses[-1])
         self.train_batch_idx = (self.epoch + 1) * self.num_train_batches
-        values = np.concatenate([to_host(c) for c in losses])
-        if not np.isfinite(values).all():
-            raise self._nonfinite_loss(values)
         seconds = seconds_before + time.perf_counter() - started
         record = {"epoch": self.epoch + 1, "step": self.train_batch_idx,
-                  "train_loss": float(np.mean(values))}  # fmt: skip
+                  "train_loss": float(np.mean(losses))}  # fmt: skip
         metrics = self.evaluate()
-        for name, value in sorted(metrics.items(), key=lambda item: item[0] != "loss"):  # loss first
-            record["val_" + name] = value
-            self.model.plot(name, value, train=False)
+        for key, value in sorted(metrics.items(), key=lambda item: item[0] != "loss"):  # loss first
+            record["val_" + key] = value
+            self.board.draw(self.epoch + 1, value, "val_" + key)  # exact means: one point an epoch
         self.val_batch_idx += self.num_val_batches
         record.update(examples_per_s=self.num_train_batches * self.batch_size / seconds,
                       seconds=seconds, wall_time=self._wall_time())  # fmt: skip
         self.history.append(record)
         self.progress_line.end_epoch({k: v for k, v in record.items() if k.startswith(("train", "val"))})
+
+    def _read(self, chunks, losses):
+        """Copy finished chunks to the host: append their losses to `losses` and replay what
+        their steps plotted through `model.plot`, each step at its place in the epoch."""
+        for chunk in chunks:
+            step_losses, plotted = jax.tree.map(to_host, chunk)
+            if not np.isfinite(step_losses).all():  # on the host already: checking is free
+                raise self._nonfinite_loss(np.concatenate([losses, step_losses]))
+            for i, loss in enumerate(step_losses):
+                self.train_batch_idx = self.epoch * self.num_train_batches + len(losses)
+                for (key, train), values in plotted.items():
+                    self.model.plot(key, values[i], train)
+                losses.append(float(loss))
 
     def _nonfinite_loss(self, values):
         index = int(np.flatnonzero(~np.isfinite(values))[0])
@@ -403,12 +435,26 @@ class Trainer(RecordedRun, HyperParameters):
         totals = None
         for index in range(self.num_val_batches):
             totals = self._eval_batch(self.state, self.val_arrays, self.val_mask, index, totals)
-        return {name: float(to_host(value)) / self.num_val_examples for name, value in totals.items()}
+        totals = totals or {}  # a validation_step that plots nothing
+        return {key: float(to_host(value)) / self.num_val_examples for (key, _), value in totals.items()}
 
 
 def _pad_rows(array, rows):
     padding = [(0, rows - len(array))] + [(0, 0)] * (array.ndim - 1)
     return np.pad(array, padding)
+
+
+class _Limited:
+    """The first `limit` batches of a loader (all when `limit` is None), as often as iterated."""
+
+    def __init__(self, loader, limit):
+        self.loader, self.limit = loader, limit
+
+    def __iter__(self):
+        return itertools.islice(self.loader, self.limit)
+
+    def __len__(self):
+        return len(self.loader) if self.limit is None else min(len(self.loader), self.limit)
 
 
 class _Silent:

@@ -1,29 +1,7 @@
-"""Small helpers the book's code calls by name, and a compilation counter."""
+"""A compilation counter, for tests and benchmarks."""
 import contextlib
 
 import jax
-
-_key = None
-
-
-def add_to_class(Class):
-    """Register the decorated function as a method of `Class` (the book's notebook idiom)."""
-
-    def wrapper(obj):
-        setattr(Class, obj.__name__, obj)
-        return obj
-
-    return wrapper
-
-
-def get_key():
-    """A fresh PRNG key from a module-wide stream seeded with 0, like the book's `d2l.get_key`."""
-    global _key
-    if _key is None:  # created lazily: importing d2lite must not touch a device
-        _key = jax.random.PRNGKey(0)
-    _key, subkey = jax.random.split(_key)
-    return subkey
-
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _compiles = 0

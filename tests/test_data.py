@@ -59,5 +59,8 @@ def test_dataloader_text_labels_and_visualize(tmp_path):
     assert [len(b[1]) for b in batches] == [16, 16, 8]
     assert batches[0][0].shape == (16, 32, 32, 1)
     assert data.text_labels([0, 9, 5]) == ["t-shirt", "ankle boot", "sandal"]
-    data.visualize(batches[0], ncols=4, path=tmp_path / "grid.png")
+    axes = data.visualize(batches[0], ncols=4)
+    assert [ax.get_title() for ax in axes] == data.text_labels(batches[0][1][:4])
+    axes[0].figure.savefig(tmp_path / "grid.png")
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    d2l.plt.close("all")

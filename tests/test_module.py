@@ -1,4 +1,6 @@
 """HyperParameters, the book's helpers, Module and Classifier outside the Trainer."""
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,11 +33,6 @@ def test_add_to_class_adds_a_method():
     assert Box().twice(4) == 8
 
 
-def test_get_key_gives_fresh_keys():
-    keys = [np.asarray(d2l.get_key()).tobytes() for _ in range(3)]
-    assert len(set(keys)) == 3
-
-
 def test_layer_summary_reports_each_top_level_layer(capsys):
     summary = TinyCNN().layer_summary((2, 8, 8, 1))
     assert [name for name, _ in summary] == ["Conv", "BatchNorm", "relu", "lambda", "Dense"]
@@ -48,13 +45,50 @@ def test_layer_summary_refuses_inputs_that_are_too_small():
         TinyCNN().layer_summary((1, 0, 8, 1))
 
 
+def fixed_outputs(outputs):
+    """A TrainState stand-in whose apply function returns `outputs` whatever the input."""
+
+    def apply(variables, *X, mutable=False, rngs=None):
+        return (outputs, {}) if mutable else outputs
+
+    return SimpleNamespace(apply_fn=apply, batch_stats={}, dropout_rng=None)
+
+
 def test_classifier_loss_and_accuracy_against_hand_computed_values():
     model = d2l.Classifier()
     logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
     labels = jnp.array([0, 1])
+    state, X = fixed_outputs(logits), (jnp.zeros((2, 4)),)
     log_softmax = jax.nn.log_softmax(logits)
     expected = -np.array([log_softmax[0, 0], log_softmax[1, 1]])
-    np.testing.assert_allclose(model.loss(logits, labels, averaged=False), expected, rtol=1e-6)
-    assert float(model.loss(logits, labels)) == pytest.approx(expected.mean(), rel=1e-6)
-    np.testing.assert_array_equal(model.accuracy(logits, labels, averaged=False), [1.0, 0.0])
-    assert float(model.accuracy(logits, labels)) == 0.5
+    losses, updates = model.loss(None, X, labels, state, averaged=False)
+    np.testing.assert_allclose(losses, expected, rtol=1e-6)
+    assert float(model.loss(None, X, labels, state)[0]) == pytest.approx(expected.mean(), rel=1e-6)
+    np.testing.assert_array_equal(model.accuracy(None, X, labels, state, averaged=False), [1.0, 0.0])
+    assert float(model.accuracy(None, X, labels, state)) == 0.5
+
+
+def test_objective_runs_either_kind_of_loss():
+    logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    batch, state = (jnp.zeros((2, 4)), jnp.array([0, 1])), fixed_outputs(logits)
+
+    class Predictions(d2l.Classifier):  # d2lite's style: the loss of the predictions
+        def loss(self, Y_hat, Y, averaged=True):
+            return (Y_hat[jnp.arange(2), Y] ** 2).sum()
+
+    class Scalar(d2l.Module):  # the book's linear regression style: a bare loss, no updates
+        def loss(self, params, X, Y, state):
+            return params * state.apply_fn({}, *X).sum()
+
+    assert float(Predictions().objective(None, batch, state)[0]) == 4.0
+    assert Scalar().objective(3.0, batch, state) == (15.0, {})
+    classifier = d2l.Classifier()
+    assert classifier.objective(None, batch, state)[0] == classifier.loss(None, batch[:1], batch[1], state)[0]
+
+
+def test_setting_the_books_attributes_on_a_built_model():
+    model = TinyCNN()
+    model.training = False  # the book's loop switches modes this way
+    model.trainer = "a trainer"
+    assert model.training is False and model.trainer == "a trainer"
+    assert model.board is not TinyCNN().board  # one board per model

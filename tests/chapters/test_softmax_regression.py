@@ -1,20 +1,13 @@
-"""The softmax regression chapter: shapes, parameter count, learning on real data through main."""
-import jax
-import jax.numpy as jnp
+"""The softmax regression chapter: the book's model, learning on real data through main."""
 import numpy as np
 
+import d2lite as d2l
 from chapters import softmax_regression
 
 
-def test_layer_summary():
-    summary = softmax_regression.SoftmaxRegression().layer_summary((1, 28, 28, 1))
-    assert summary == [("lambda", (1, 784)), ("Dense", (1, 10))]
-
-
-def test_parameter_count():
-    model = softmax_regression.SoftmaxRegression()
-    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
-    assert sum(p.size for p in jax.tree.leaves(variables["params"])) == 784 * 10 + 10 == 7850
+def test_the_chapter_trains_the_books_model(tmp_path):
+    trainer = softmax_regression.run(["--quick", "--epochs", "1", "--out-dir", str(tmp_path)])
+    assert isinstance(trainer.model, d2l.SoftmaxRegression) and trainer.model.num_outputs == 10
 
 
 def test_quick_run_learns(tmp_path, capsys):

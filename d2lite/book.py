@@ -1,0 +1,287 @@
+"""What the book saves into `d2l` from its sections 3-8: models, an optimizer, devices, keys, aliases.
+
+Each name keeps the book's signature and behaviour; where the book's JAX code is wrong on a
+current JAX, Flax or Python, the docstring says what d2lite does instead.
+
+BatchNorm momentum: d2lite's blocks (`Residual`, `ResNeXtBlock`, and the chapters) keep
+running statistics with momentum 0.9, PyTorch's default with which the book's accuracies were
+measured, instead of Flax's 0.99: at 0.99 the statistics average over about 100 steps, so a
+short run is evaluated with statistics still near their initial values. Layers a reader
+writes with `nn.BatchNorm` keep Flax's default.
+"""
+import random
+from functools import partial
+from types import FunctionType
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+from jax import lax
+
+from .errors import D2LiteError
+from .hparams import HyperParameters
+from .module import Classifier, Module
+
+nn_Module = nn.Module
+BN_MOMENTUM = 0.9
+BatchNorm = partial(nn.BatchNorm, momentum=BN_MOMENTUM)  # spelled as the book's nn.BatchNorm(not training)
+
+
+def get_seed():
+    """A random seed from Python's `random` (the book's `randint(0, 1e6)` fails on Python 3.12)."""
+    return random.randint(0, 10**6)
+
+
+def get_key():
+    """A PRNG key from a random seed: `random.seed(s)` makes a notebook's keys repeat."""
+    return jax.random.PRNGKey(get_seed())
+
+
+# ------------------------------------------------------------------------------- devices
+def cpu():
+    return jax.devices("cpu")[0]
+
+
+def num_gpus():
+    try:
+        return len(jax.devices("gpu"))
+    except RuntimeError:  # no GPU backend
+        return 0
+
+
+def gpu(i=0):
+    if i >= num_gpus():
+        raise D2LiteError(f"there is no GPU {i}: this machine has {num_gpus()} "
+                          f"(try_gpu({i}) falls back to the CPU)")  # fmt: skip
+    return jax.devices("gpu")[i]
+
+
+def try_gpu(i=0):
+    """GPU `i` if there is one, else the CPU."""
+    return gpu(i) if num_gpus() > i else cpu()
+
+
+def try_all_gpus():
+    """Every GPU, or `[cpu()]` without one (as the book's docstring says; its code returns [])."""
+    return [gpu(i) for i in range(num_gpus())] or [cpu()]
+
+
+# ---------------------------------------------------------------------- linear models (3, 4)
+class SGD(HyperParameters):
+    """Minibatch stochastic gradient descent as an optax-style transformation: `update = -lr * grad`.
+
+    Fixed from the book: `init` returns an empty state (not the EmptyState class, which no
+    jitted step can take), and `__call__` takes `self`.
+    """
+
+    def __init__(self, lr):
+        self.save_hyperparameters()
+
+    def init(self, params):
+        return optax.EmptyState()
+
+    def update(self, updates, state, params=None):
+        return jax.tree.map(lambda g: -self.lr * g, updates), state
+
+    def __call__(self):
+        return optax.GradientTransformation(self.init, self.update)
+
+
+class LinearRegressionScratch(Module):
+    """Linear regression from scratch: weights drawn from N(0, sigma^2), half squared error."""
+
+    num_inputs: int
+    lr: float
+    sigma: float = 0.01
+
+    def setup(self):
+        self.w = self.param("w", nn.initializers.normal(self.sigma), (self.num_inputs, 1))
+        self.b = self.param("b", nn.initializers.zeros, (1,))
+
+    def forward(self, X):
+        return X @ self.w + self.b
+
+    def loss(self, params, X, y, state):
+        y_hat = state.apply_fn({"params": params}, *X)
+        return jnp.mean((y_hat - y.reshape(y_hat.shape)) ** 2 / 2)
+
+    def configure_optimizers(self):
+        return SGD(self.lr)
+
+
+class LinearRegression(Module):
+    """Linear regression with a dense layer, trained with optax's SGD."""
+
+    lr: float
+
+    def setup(self):
+        self.net = nn.Dense(1, kernel_init=nn.initializers.normal(0.01))
+
+    def forward(self, X):
+        return self.net(X)
+
+    def loss(self, params, X, y, state):
+        y_hat = state.apply_fn({"params": params}, *X)
+        return jnp.mean(optax.l2_loss(y_hat, y))
+
+    def configure_optimizers(self):
+        return optax.sgd(self.lr)
+
+    def get_w_b(self, state):
+        """The learned (kernel, bias)."""
+        net = state.params["net"]
+        return net["kernel"], net["bias"]
+
+
+class SoftmaxRegression(Classifier):
+    """Softmax regression: flatten, one dense layer of `num_outputs` logits."""
+
+    num_outputs: int
+    lr: float
+
+    @nn.compact
+    def __call__(self, X):
+        return nn.Dense(self.num_outputs)(X.reshape((X.shape[0], -1)))
+
+
+# ------------------------------------------------------------------------ convolutions (7, 8)
+def corr2d(X, K):
+    """The 2-D cross-correlation of `X` with the kernel `K`, at every position where K fits.
+
+    Computed as a sum of shifted copies of X, one per kernel entry, instead of one
+    indexed update per output pixel.
+    """
+    X, K = jnp.asarray(X), jnp.asarray(K)
+    h, w = K.shape
+    rows, cols = X.shape[0] - h + 1, X.shape[1] - w + 1
+    return sum(K[i, j] * X[i : i + rows, j : j + cols] for i in range(h) for j in range(w))
+
+
+class LeNet(Classifier):
+    """LeNet-5: two 5x5 convolutions with sigmoid and 2x2 average pooling, three dense layers."""
+
+    lr: float = 0.1
+    num_classes: int = 10
+    kernel_init: FunctionType = nn.initializers.xavier_uniform
+
+    def setup(self):
+        conv = partial(nn.Conv, kernel_size=(5, 5), kernel_init=self.kernel_init())
+        dense = partial(nn.Dense, kernel_init=self.kernel_init())
+        pool = lambda x: nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))  # noqa: E731
+        self.net = nn.Sequential([
+            conv(6, padding="SAME"), nn.sigmoid, pool,
+            conv(16, padding="VALID"), nn.sigmoid, pool,
+            lambda x: x.reshape((x.shape[0], -1)),  # flatten
+            dense(120), nn.sigmoid,
+            dense(84), nn.sigmoid,
+            dense(self.num_classes),
+        ])  # fmt: skip
+
+
+def changes_shape(X, num_channels, strides):
+    """Whether a block with `num_channels` outputs and `strides` changes the shape of `X`."""
+    return X.shape[-1] != num_channels or any(s != 1 for s in np.broadcast_to(strides, 2))
+
+
+class Residual(nn.Module):
+    """The residual block of ResNet: two 3x3 conv-BatchNorm layers, and a shortcut added before the last ReLU.
+
+    The shortcut is a 1x1 convolution with the block's stride when `use_1x1conv` is set, and
+    also, unlike the book's (whose `Y + X` then fails), whenever the block changes its input's
+    shape. BatchNorm momentum 0.9 (see the module's docstring).
+    """
+
+    num_channels: int
+    use_1x1conv: bool = False
+    strides: tuple = (1, 1)
+    training: bool = True
+
+    @nn.compact
+    def __call__(self, X):
+        norm = partial(BatchNorm, use_running_average=not self.training)
+        conv = partial(nn.Conv, self.num_channels, padding="SAME")
+        Y = nn.relu(norm(name="bn1")(conv(kernel_size=(3, 3), strides=self.strides, name="conv1")(X)))
+        Y = norm(name="bn2")(conv(kernel_size=(3, 3), name="conv2")(Y))
+        if self.use_1x1conv or changes_shape(X, self.num_channels, self.strides):
+            X = conv(kernel_size=(1, 1), strides=self.strides, name="conv3")(X)
+        return nn.relu(Y + X)
+
+
+def grouped_conv(lhs, rhs, window_strides, padding, *args, feature_group_count=1, **kwargs):
+    """`lax.conv_general_dilated`, except that on a CPU a grouped convolution runs as a dense one.
+
+    XLA's CPU backend runs grouped convolutions and their gradients 7 to 50 times slower than
+    dense ones of the same shapes, so there the kernel becomes a block-diagonal dense one:
+    the weights of group g connect only input group g to output group g, the other entries
+    are zeros that get no gradient. Results and gradients are the grouped convolution's.
+    """
+    groups = feature_group_count
+    if groups > 1 and jax.default_backend() == "cpu":
+        *window, group_in, out = rhs.shape  # Flax's HWIO layout
+        blocks = rhs.reshape(*window, group_in, groups, out // groups)
+        # full[..., G * group_in + i, g * group_out + o] = blocks[..., i, g, o] if G == g else 0
+        full = jnp.einsum("...igo,Gg->...Gigo", blocks, jnp.eye(groups, dtype=rhs.dtype))
+        rhs, groups = full.reshape(*window, groups * group_in, out), 1
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, *args, feature_group_count=groups,
+                                    **kwargs)  # fmt: skip
+
+
+class ResNeXtBlock(nn.Module):
+    """The ResNeXt block: 1x1 conv, grouped 3x3 conv, 1x1 conv, each with BatchNorm, plus a shortcut.
+
+    As in the book's code (in all its frameworks), `groups` is the width of each group: the
+    3x3 convolution over `bot_channels = round(num_channels * bot_mul)` channels has
+    `bot_channels // groups` groups of `groups` channels. (The book's text calls `groups`
+    the number of groups; RegNet's `groups=16`, a group width, needs the code's meaning.)
+    The shortcut gets a 1x1 convolution and BatchNorm when `use_1x1conv` is set or the block
+    changes its input's shape (see `Residual`).
+    """
+
+    num_channels: int
+    groups: int
+    bot_mul: float
+    use_1x1conv: bool = False
+    strides: tuple = (1, 1)
+    training: bool = True
+
+    @nn.compact
+    def __call__(self, X):
+        bot_channels = int(round(self.num_channels * self.bot_mul))
+        if bot_channels % self.groups:
+            raise D2LiteError(f"ResNeXtBlock: {bot_channels} bottleneck channels (num_channels * bot_mul) "
+                              f"do not split into groups of {self.groups}")  # fmt: skip
+        norm = partial(BatchNorm, use_running_average=not self.training)
+        Y = nn.relu(norm(name="bn1")(nn.Conv(bot_channels, kernel_size=(1, 1), name="conv1")(X)))
+        Y = nn.Conv(bot_channels, kernel_size=(3, 3), strides=self.strides, padding="SAME",
+                    feature_group_count=bot_channels // self.groups, conv_general_dilated=grouped_conv,
+                    name="conv2")(Y)  # fmt: skip
+        Y = nn.relu(norm(name="bn2")(Y))
+        Y = norm(name="bn3")(nn.Conv(self.num_channels, kernel_size=(1, 1), name="conv3")(Y))
+        if self.use_1x1conv or changes_shape(X, self.num_channels, self.strides):
+            X = norm(name="bn4")(nn.Conv(self.num_channels, kernel_size=(1, 1), strides=self.strides,
+                                         name="conv4")(X))  # fmt: skip
+        return nn.relu(Y + X)
+
+
+# --------------------------------------------------------------------------- tensor aliases
+# The book writes `d2l.reshape(x, shape)` and friends so that one text serves four frameworks.
+to = jax.device_put
+numpy = np.asarray
+transpose = lambda a: a.T  # noqa: E731
+sigmoid = jax.nn.sigmoid
+ones_like, ones, zeros_like, zeros = jnp.ones_like, jnp.ones, jnp.zeros_like, jnp.zeros
+arange, meshgrid, linspace, eye = jnp.arange, jnp.meshgrid, jnp.linspace, jnp.eye
+sin, sinh, cos, cosh, tanh, exp, log = jnp.sin, jnp.sinh, jnp.cos, jnp.cosh, jnp.tanh, jnp.exp, jnp.log
+tensor, expand_dims, matmul = jnp.array, jnp.expand_dims, jnp.matmul
+concat, stack = jnp.concatenate, jnp.stack
+int32, int64, float32 = jnp.int32, jnp.int64, jnp.float32
+abs = jnp.abs  # noqa: A001 (the book's name; nothing in this module needs the builtin)
+reshape = lambda x, *args, **kwargs: x.reshape(*args, **kwargs)  # noqa: E731
+reduce_sum = lambda x, *args, **kwargs: x.sum(*args, **kwargs)  # noqa: E731
+reduce_mean = lambda x, *args, **kwargs: x.mean(*args, **kwargs)  # noqa: E731
+argmax = lambda x, *args, **kwargs: x.argmax(*args, **kwargs)  # noqa: E731
+astype = lambda x, *args, **kwargs: x.astype(*args, **kwargs)  # noqa: E731
+swapaxes = lambda x, *args, **kwargs: x.swapaxes(*args, **kwargs)  # noqa: E731
+repeat = lambda x, *args, **kwargs: x.repeat(*args, **kwargs)  # noqa: E731
