@@ -280,7 +280,7 @@ class Trainer(RecordedRun, HyperParameters):
         init_key, shuffle_key = jax.random.split(key)
         self.epoch = self.train_batch_idx = self.val_batch_idx = 0
         self.history = []
-        self._partial_epoch = None  # (position, losses, seconds) of an epoch resumed midway
+        self._partial_epoch = None  # (losses, seconds) of an epoch resumed midway
         self._wall_time_before = 0.0  # training seconds of the run's earlier sessions
         self.progress_line = ProgressLine(self.max_epochs, self.num_train_batches, self.batch_size,
                                      stream=sys.stderr if self.progress else _Silent())  # fmt: skip

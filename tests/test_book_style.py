@@ -129,15 +129,15 @@ def books_fit_epoch(self):
         self.seen["val"] += 1
 
 
-def test_a_fit_epoch_of_the_readers_own_runs_instead(blobs, quiet_trainer, monkeypatch):
+def test_a_fit_epoch_of_the_readers_own_runs_instead(quiet_trainer, monkeypatch):
     monkeypatch.setattr(d2l.Trainer, "fit_epoch", books_fit_epoch)  # as @d2l.add_to_class(d2l.Trainer) does
     trainer = quiet_trainer(max_epochs=2)
     trainer.seen = {"modes": set(), "train": 0, "val": 0}
     model = TinyCNN()
     model.board.yscale = "log"  # the book sets this before fit
-    trainer.fit(model, blobs)
-    assert trainer.seen == {"modes": {True}, "train": 2 * 8, "val": 2 * 3}  # 256 / 32 and ceil(70 / 32)
-    assert int(trainer.state.step) == 16 and trainer.history == []
+    trainer.fit(model, Blobs(num_train=64, num_val=40))
+    assert trainer.seen == {"modes": {True}, "train": 2 * 2, "val": 2 * 2}  # 64 / 32 and ceil(40 / 32)
+    assert int(trainer.state.step) == 4 and trainer.history == []
     assert len(model.board.data["train_loss"]) == 4 and len(model.board.data["val_acc"]) == 2
     assert trainer.board.yscale == "log"
 
@@ -179,7 +179,7 @@ def test_modules_written_the_books_way_match_d2lites_own(quiet_trainer):
                 nn.Dense(self.num_classes, kernel_init=init),
             ])  # fmt: skip
 
-    data = d2l.FashionMNIST(batch_size=64, num_train=640, num_val=200)
+    data = d2l.FashionMNIST(batch_size=64, num_train=256, num_val=100)
     book, own = quiet_trainer(max_epochs=1, num_gpus=1), quiet_trainer(max_epochs=1)
     book.fit(BookLeNet(), data)
     own.fit(ChapterLeNet(lr=0.1, optimizer="sgd"), data)
@@ -189,7 +189,7 @@ def test_modules_written_the_books_way_match_d2lites_own(quiet_trainer):
 
 def test_a_datamodule_with_only_the_books_get_dataloader_trains(quiet_trainer):
     class Points(d2l.DataModule):  # NumPy batches from a generator, as a reader might write
-        def __init__(self, batch_size=16):
+        def __init__(self, batch_size=8):
             super().__init__()
             self.save_hyperparameters()
             rng = np.random.default_rng(1)
@@ -201,7 +201,7 @@ def test_a_datamodule_with_only_the_books_get_dataloader_trains(quiet_trainer):
             for start in range(rows.start, rows.stop, self.batch_size):
                 yield self.X[start : start + self.batch_size], self.y[start : start + self.batch_size]
 
-    trainer = quiet_trainer(max_epochs=20)
+    trainer = quiet_trainer(max_epochs=4)
     trainer.fit(d2l.LinearRegression(lr=0.1), Points())
     w, b = trainer.model.get_w_b(trainer.state)
     np.testing.assert_allclose(w.reshape(-1), [1.0, -2.0, 0.5], atol=0.02)
@@ -219,3 +219,17 @@ def test_layer_summary_replaced_the_books_way_runs(monkeypatch, capsys):
     monkeypatch.setattr(d2l.Classifier, "layer_summary", layer_summary)
     TinyCNN().layer_summary((2, 8, 8, 1))
     assert "Dense output shape:\t (2, 3)" in capsys.readouterr().out
+
+
+def test_a_replaced_prepare_batch_runs_inside_the_step(blobs, quiet_trainer, monkeypatch):
+    def prepare_batch(self, batch):  # blank every image: the convolution can learn nothing
+        return (batch[0] * 0.0, *batch[1:])
+
+    monkeypatch.setattr(d2l.Trainer, "prepare_batch", prepare_batch)
+    trainer = quiet_trainer(max_epochs=1)
+    trainer.fit(TinyCNN(use_bn=False), blobs)
+    start = trainer.init_state(jax.random.split(jax.random.PRNGKey(0))[0]).params
+    np.testing.assert_array_equal(trainer.state.params["net"]["layers_0"]["kernel"],
+                                  start["net"]["layers_0"]["kernel"])  # fmt: skip
+    dense = sorted(start["net"])[-1]  # the last layer still learns the class frequencies
+    assert not np.array_equal(trainer.state.params["net"][dense]["bias"], start["net"][dense]["bias"])
