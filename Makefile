@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install data test lint bench report clean all
+.PHONY: install data test lint bench report clean all notebooks lab
 
 install: $(INSTALLED)
 
@@ -26,8 +26,9 @@ data: install
 	      apt-get install -y -qq dataset-fashion-mnist; }; } >/dev/null && $(PY) -m d2lite.fetch; \
 	  else $(PY) -m d2lite.fetch; fi; }
 
+# One pytest worker per CPU core: most of the suite's time is XLA compiling, one program at a time.
 test: install data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 # Speed side by side: d2lite vs a pure jitted step, the book's loop and PyTorch (installed here).
 BENCH_INSTALLED := $(VENV)/.bench-installed
@@ -39,7 +40,20 @@ bench: $(BENCH_INSTALLED) data
 	$(PY) -m bench.bench $(ARGS)
 
 lint: install
-	$(PY) -m ruff check d2lite chapters tests
+	$(PY) -m ruff check d2lite chapters tests tools
+
+# notebooks/<chapter>.ipynb from each chapter's source (jupytext percent format): make notebooks
+notebooks: install
+	$(PY) tools/notebooks.py $(ARGS)
+
+# JupyterLab in the project's environment, on the notebooks (installed on first use).
+LAB_INSTALLED := $(VENV)/.lab-installed
+$(LAB_INSTALLED): pyproject.toml $(INSTALLED)
+	$(PY) -m pip install -q -e '.[dev,lab]'
+	@touch $@
+
+lab: $(LAB_INSTALLED) notebooks data
+	$(VENV)/bin/jupyter lab notebooks $(ARGS)
 
 # The main job: ResNet-18 on Fashion-MNIST 96x96 (D2L 8.6), 10 epochs, batch 128.
 resnet: install data

@@ -1,1 +1,1 @@
-"""One runnable module per book section: `python -m chapters.lenet`."""
+"""One file per book section, a script (`python -m chapters.lenet`) and a notebook (`make notebooks`)."""

@@ -1,27 +1,36 @@
-"""AlexNet (D2L section 8.1): a deep CNN with ReLU, max pooling and dropout, on Fashion-MNIST.
+# %% [markdown]
+# # AlexNet (D2L 8.1)
+#
+# AlexNet, the network that won ImageNet in 2012, is LeNet made deep and wide: five
+# convolutions instead of two, ReLU instead of the sigmoid, max pooling, and dropout in its
+# large dense layers. The section trains the book's one-channel variant on Fashion-MNIST
+# resized to 224x224.
+#
+# This file is a script and a notebook at once (jupytext's percent format):
+# `python -m chapters.alexnet` trains it (`--help` lists the flags), and `make notebooks`
+# writes `notebooks/alexnet.ipynb`, where the same cells run one by one.
 
-The model is the book's Fashion-MNIST variant of AlexNet: five convolutions with 96, 256,
-384, 384 and 256 channels (the first 11x11 with stride 4), 3x3 max pools with stride 2,
-two dense layers of 4096 units with dropout 0.5, and a dense output layer. It trains, as in
-the book, with plain SGD at lr 0.01 on images resized to 224x224. Nothing departs from the
-book's JAX code except spelling: the paddings that Flax's default ("SAME") gives are written
-out as the book's PyTorch paddings (2 for the 5x5 convolution, 1 for the 3x3 ones), which
-give the same shapes, and dropout is switched off through the `training` field, which the
-Trainer sets to False for evaluation.
 
-The three stride-2 pools need at least 65x65 inputs (smaller ones leave no pixels).
-
-    python -m chapters.alexnet            # 10 epochs, 224x224, batch 128
-    python -m chapters.alexnet --quick    # a smoke run of a few batches
-"""
-import sys
-
+# %%
 from flax import linen as nn
 
 import d2lite as d2l
-from d2lite.cli import chapter_parser, run_main, train_chapter
+
+# %% [markdown]
+# ## The model
+#
+# Five convolutions with 96, 256, 384, 384 and 256 channels (the first 11x11 with stride 4),
+# 3x3 max pools with stride 2 (overlapping windows, AlexNet's choice), then two dense layers
+# of 4096 units with dropout 0.5 and a dense output layer. The three pools need inputs of at
+# least 65x65: smaller ones leave no pixels.
+#
+# Nothing departs from the book's JAX code except spelling: the paddings are written out as
+# the book's PyTorch paddings (2 for the 5x5 convolution, 1 for the 3x3 ones), which give the
+# same shapes as Flax's default "SAME", and dropout is switched off through the `training`
+# field, which the Trainer sets to False for evaluation.
 
 
+# %%
 def max_pool_3x3_s2(x):
     """The overlapping 3x3 max pool with stride 2 that AlexNet introduced."""
     return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2))
@@ -55,20 +64,48 @@ class AlexNet(d2l.Classifier):
         ])  # fmt: skip
 
 
-def parser():
-    return chapter_parser("alexnet", __doc__.splitlines()[0], epochs=10, batch_size=128, lr=0.01,
-                          resize=224)  # fmt: skip
+# %% [markdown]
+# ## Shapes, layer by layer
+#
+# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
+# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
+# settings: in a script the command line's, in a notebook the defaults given here.
 
 
-def run(argv=None):
-    args = parser().parse_args(argv)
-    model = AlexNet(lr=args.lr)
-    return train_chapter(args, model)
-
-
-def main(argv=None):
-    return run_main(run, argv)
-
-
+# %%
 if __name__ == "__main__":
-    sys.exit(main())
+    args = d2l.chapter_args("alexnet", "AlexNet (D2L 8.1)", epochs=10, batch_size=128,
+                            lr=0.01, resize=224, smoke_resize=65)
+    model = AlexNet(lr=args.lr)
+    model.layer_summary((1, args.resize, args.resize, 1))
+
+
+# %% [markdown]
+# ## Training
+#
+# Ten epochs of plain SGD at lr 0.01, batches of 128 images resized to 224x224, validated on
+# the 10,000 test images after each epoch. On a CPU this takes hours; `--quick` is a smoke run.
+# The plot redraws as training goes.
+
+
+# %%
+if __name__ == "__main__":
+    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
+                            **args.data_options)
+    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
+    trainer.fit(model, data)
+
+
+# %% [markdown]
+# ## Results
+#
+# The final validation accuracy, then validation images titled with their true and predicted
+# labels, mistakes first (a script saves them to `predictions.png` in the run directory when
+# given `--predictions`).
+
+
+# %%
+if __name__ == "__main__":
+    print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+    if args.predictions:
+        d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")

@@ -1,41 +1,45 @@
-"""Batch normalization (D2L section 8.5): BatchNorm from scratch and in LeNet, on Fashion-MNIST 28x28.
+# %% [markdown]
+# # Batch normalization (D2L 8.5)
+#
+# Batch normalization standardises a layer's inputs with the mean and variance of the current
+# minibatch, then rescales them with a learned scale and shift; at evaluation time it uses
+# running averages of those statistics instead. Deep networks then train faster and tolerate
+# larger learning rates. The section writes the layer from scratch, puts it into LeNet, and
+# compares it with Flax's own layer on Fashion-MNIST at 28x28.
+#
+# This file is a script and a notebook at once (jupytext's percent format):
+# `python -m chapters.batchnorm` trains it (`--help` lists the flags), and `make notebooks` writes
+# `notebooks/batchnorm.ipynb`, where the same cells run one by one.
 
-`batch_norm` is the mathematics, `BatchNorm` the bookkeeping: its scale `gamma` and shift
-`beta` are parameters, its running `moving_mean` and `moving_var` live in Flax's
-'batch_stats' collection, which the Trainer threads through its jitted step. `BNLeNetScratch`
-puts that layer after each convolution and dense layer of LeNet, before the sigmoid;
-`BNLeNet` is the same network with Flax's `nn.BatchNorm`.
 
-The running statistics follow Flax's convention, which is also the book's JAX code's:
-`moving = momentum * moving + (1 - momentum) * batch` with `momentum = 0.9`, and the batch
-variance is the biased one (divided by n, not n - 1). With the same momentum and epsilon the
-layer matches `flax.linen.BatchNorm` to float32 precision, and the tests check that.
-
-Departures from the book's JAX code:
-- The images are NHWC, so a 4-D input is averaged over axes (0, 1, 2), every axis but the
-  channels. The book's JAX `batch_norm` averages over (0, 2, 3), the NCHW axes of its
-  PyTorch tab, which on NHWC data normalizes over the batch, the width and the channels
-  and keeps one statistic per image row.
-- `batch_norm` returns the updated running statistics instead of assigning to variables
-  passed in, so it is a pure function; and, like Flax's layer, `BatchNorm` leaves them
-  untouched while `init` runs (the book's layer folds the initialization batch into them).
-- The convolutions are unpadded (5x5 'VALID': 28 -> 24 -> 12 -> 8 -> 4) as in the book's
-  PyTorch, MXNet and TensorFlow tabs; the JAX tab inherits Flax's default 'SAME' padding
-  and so feeds 784 features, not 256, to the first dense layer.
-
-    python -m chapters.batchnorm              # BNLeNet, 10 epochs, 28x28, batch 128, SGD lr 0.1
-    python -m chapters.batchnorm --scratch    # the same network with the scratch BatchNorm
-    python -m chapters.batchnorm --quick      # a smoke run of a few batches
-"""
-import sys
-
+# %%
 import jax.numpy as jnp
 from flax import linen as nn
 
 import d2lite as d2l
-from d2lite.cli import chapter_parser, run_main, train_chapter
+
+# %% [markdown]
+# ## The layer from scratch
+#
+# `batch_norm` is the mathematics, `BatchNorm` the bookkeeping: its scale `gamma` and shift
+# `beta` are parameters, its running `moving_mean` and `moving_var` live in Flax's
+# 'batch_stats' collection, which the Trainer threads through its jitted step. The running
+# statistics follow Flax's convention, which is also the book's JAX code's:
+# `moving = momentum * moving + (1 - momentum) * batch` with `momentum = 0.9`, and the batch
+# variance is the biased one (divided by n, not n - 1). With the same momentum and epsilon the
+# layer matches `flax.linen.BatchNorm` to float32 precision, and the tests check that.
+#
+# Departures from the book's JAX code:
+# - The images are NHWC, so a 4-D input is averaged over axes (0, 1, 2), every axis but the
+#   channels. The book's JAX `batch_norm` averages over (0, 2, 3), the NCHW axes of its
+#   PyTorch tab, which on NHWC data normalizes over the batch, the width and the channels
+#   and keeps one statistic per image row.
+# - `batch_norm` returns the updated running statistics instead of assigning to variables
+#   passed in, so it is a pure function; and, like Flax's layer, `BatchNorm` leaves them
+#   untouched while `init` runs (the book's layer folds the initialization batch into them).
 
 
+# %%
 def batch_norm(X, deterministic, gamma, beta, moving_mean, moving_var, eps, momentum):
     """Normalize `X`; return the output and the (possibly updated) running mean and variance.
 
@@ -58,6 +62,7 @@ def batch_norm(X, deterministic, gamma, beta, moving_mean, moving_var, eps, mome
     return gamma * X_hat + beta, moving_mean, moving_var
 
 
+# %%
 class BatchNorm(nn.Module):
     """Batch normalization from scratch for `num_dims`-D inputs (2: dense, 4: NHWC convolution).
 
@@ -86,6 +91,18 @@ class BatchNorm(nn.Module):
         return Y
 
 
+# %% [markdown]
+# ## LeNet with batch normalization
+#
+# `BNLeNetScratch` puts the scratch layer after each convolution and hidden dense layer of
+# LeNet, before the sigmoid; `BNLeNet` is the same network with Flax's `nn.BatchNorm`, the
+# chapter's default (`--scratch` trains the other). One more departure from the book's JAX
+# code: the convolutions are unpadded (5x5 'VALID': 28 -> 24 -> 12 -> 8 -> 4) as in the book's
+# PyTorch, MXNet and TensorFlow tabs; the JAX tab inherits Flax's default 'SAME' padding and
+# so feeds 784 features, not 256, to the first dense layer.
+
+
+# %%
 class BNLeNetScratch(d2l.Classifier):
     """LeNet with the scratch BatchNorm after each convolution and hidden dense layer."""
 
@@ -143,26 +160,54 @@ class BNLeNet(d2l.Classifier):
         ])  # fmt: skip
 
 
-def parser():
-    p = chapter_parser("batchnorm", __doc__.splitlines()[0], epochs=10, batch_size=128, lr=0.1, resize=28)
-    p.add_argument("--scratch", action="store_true",
-                   help="train BNLeNetScratch (the from-scratch BatchNorm) instead of BNLeNet")  # fmt: skip
-    return p
+def options(parser):
+    """The chapter's own flag."""
+    parser.add_argument("--scratch", action="store_true",
+                        help="train BNLeNetScratch (the from-scratch BatchNorm) instead of BNLeNet")
 
 
-def build_model(args):
-    return (BNLeNetScratch if args.scratch else BNLeNet)(lr=args.lr)
+# %% [markdown]
+# ## Shapes, layer by layer
+#
+# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
+# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
+# settings: in a script the command line's, in a notebook the defaults given here.
 
 
-def run(argv=None):
-    args = parser().parse_args(argv)
-    model = build_model(args)
-    return train_chapter(args, model)
-
-
-def main(argv=None):
-    return run_main(run, argv)
-
-
+# %%
 if __name__ == "__main__":
-    sys.exit(main())
+    args = d2l.chapter_args("batchnorm", "Batch normalization (D2L 8.5)", epochs=10, batch_size=128,
+                            lr=0.1, resize=28, options=options)
+    model = (BNLeNetScratch if args.scratch else BNLeNet)(lr=args.lr)
+    model.layer_summary((1, args.resize, args.resize, 1))
+
+
+# %% [markdown]
+# ## Training
+#
+# Ten epochs of plain SGD at lr 0.1 (BatchNorm allows the book's larger rate), batches of
+# 128 images at 28x28, validated on the 10,000 test images after each epoch.
+# The plot redraws as training goes.
+
+
+# %%
+if __name__ == "__main__":
+    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
+                            **args.data_options)
+    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
+    trainer.fit(model, data)
+
+
+# %% [markdown]
+# ## Results
+#
+# The final validation accuracy, then validation images titled with their true and predicted
+# labels, mistakes first (a script saves them to `predictions.png` in the run directory when
+# given `--predictions`).
+
+
+# %%
+if __name__ == "__main__":
+    print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+    if args.predictions:
+        d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")

@@ -1,36 +1,32 @@
-"""DenseNet (D2L section 8.7): dense blocks that concatenate, transitions that halve, at 96x96.
+# %% [markdown]
+# # DenseNet (D2L 8.7)
+#
+# ResNet adds a block's input to its output; DenseNet concatenates them instead, so every
+# layer of a dense block sees what all the layers before it made. Transition layers between
+# the blocks keep the channel count in check. The section trains a DenseNet on Fashion-MNIST
+# at 96x96.
+#
+# This file is a script and a notebook at once (jupytext's percent format):
+# `python -m chapters.densenet` trains it (`--help` lists the flags), and `make notebooks` writes
+# `notebooks/densenet.ipynb`, where the same cells run one by one.
 
-A dense block is a chain of BatchNorm-ReLU-3x3 convolutions in which each convolution adds
-`growth_rate` new channels and the block's output is the concatenation of its input with
-everything the convolutions made. Between blocks a transition (BatchNorm, ReLU, 1x1
-convolution, 2x2 average pooling) halves both the channels and the resolution.
 
-Departures from the book's JAX code:
-- The channel count is carried from block to block, as in the book's PyTorch code and the
-  DenseNet paper: after each dense block `num_channels += num_convs * growth_rate`, then the
-  transition halves it, so the widths run 64 -> 192 -> 96 -> 224 -> 112 -> 240 -> 120 -> 248.
-  The book's JAX `create_net` recomputes `self.num_channels + num_convs * growth_rate` for
-  every block instead, so each of its transitions outputs 96 channels whatever came in
-  (and its last block ends at 224).
-- The head averages over the whole feature map with `jnp.mean` (a true global pool) instead
-  of an average pool whose window is read off the input shape.
-- `conv_block` and `transition_block` are functions returning `nn.Sequential`, like the
-  book's PyTorch helpers, rather than the JAX tab's `ConvBlock`/`TransitionBlock` classes;
-  the layers are the same.
-
-    python -m chapters.densenet            # 10 epochs, 96x96, batch 128, SGD lr 0.01
-    python -m chapters.densenet --quick    # a smoke run of a few batches
-"""
-import sys
-
+# %%
 import jax.numpy as jnp
 from flax import linen as nn
 
 import d2lite as d2l
 from d2lite.book import BatchNorm
-from d2lite.cli import chapter_parser, run_main, train_chapter
+
+# %% [markdown]
+# ## Dense blocks
+#
+# A dense block is a chain of BatchNorm-ReLU-3x3 convolutions. Each convolution adds
+# `growth_rate` new channels, and the block's output is its input concatenated with
+# everything the convolutions made.
 
 
+# %%
 def conv_block(num_channels, training=True):
     """BatchNorm, ReLU, then a 3x3 convolution to `num_channels` (the pre-activation order)."""
     return nn.Sequential([
@@ -40,6 +36,7 @@ def conv_block(num_channels, training=True):
     ])  # fmt: skip
 
 
+# %%
 class DenseBlock(nn.Module):
     """`num_convs` conv blocks; each sees the concatenation of the input and all earlier outputs.
 
@@ -61,6 +58,14 @@ class DenseBlock(nn.Module):
         return X
 
 
+# %% [markdown]
+# ## Transition layers
+#
+# BatchNorm, ReLU, a 1x1 convolution that halves the channels, and a 2x2 average pool that
+# halves the height and width.
+
+
+# %%
 def transition_block(num_channels, training=True):
     """BatchNorm, ReLU, 1x1 convolution to `num_channels`, 2x2 average pooling (stride 2)."""
     return nn.Sequential([
@@ -71,6 +76,27 @@ def transition_block(num_channels, training=True):
     ])  # fmt: skip
 
 
+# %% [markdown]
+# ## The network
+#
+# ResNet's stem, four dense blocks of four convolutions with growth rate 32, transitions
+# between them, and a head of BatchNorm, ReLU, global average pool and a dense layer.
+#
+# Departures from the book's JAX code:
+# - The channel count is carried from block to block, as in the book's PyTorch code and the
+#   DenseNet paper: after each dense block `num_channels += num_convs * growth_rate`, then the
+#   transition halves it, so the widths run 64 -> 192 -> 96 -> 224 -> 112 -> 240 -> 120 -> 248.
+#   The book's JAX `create_net` recomputes `self.num_channels + num_convs * growth_rate` for
+#   every block instead, so each of its transitions outputs 96 channels whatever came in
+#   (and its last block ends at 224).
+# - The head averages over the whole feature map with `jnp.mean` (a true global pool) instead
+#   of an average pool whose window is read off the input shape.
+# - `conv_block` and `transition_block` are functions returning `nn.Sequential`, like the
+#   book's PyTorch helpers, rather than the JAX tab's `ConvBlock`/`TransitionBlock` classes;
+#   the layers are the same.
+
+
+# %%
 class DenseNet(d2l.Classifier):
     """DenseNet: a ResNet-like stem, dense blocks with transitions between them, a global pool."""
 
@@ -92,7 +118,7 @@ class DenseNet(d2l.Classifier):
 
     def setup(self):
         layers = self.b1()
-        num_channels = self.num_channels  # carried from block to block (see the module docstring)
+        num_channels = self.num_channels  # carried from block to block (see the text above)
         for i, num_convs in enumerate(self.arch):
             layers.append(DenseBlock(num_convs, self.growth_rate, training=self.training))
             num_channels += num_convs * self.growth_rate  # what the dense block outputs
@@ -108,20 +134,48 @@ class DenseNet(d2l.Classifier):
         self.net = nn.Sequential(layers)
 
 
-def parser():
-    return chapter_parser("densenet", __doc__.splitlines()[0], epochs=10, batch_size=128,
-                          lr=0.01, resize=96)  # fmt: skip
+# %% [markdown]
+# ## Shapes, layer by layer
+#
+# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
+# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
+# settings: in a script the command line's, in a notebook the defaults given here.
 
 
-def run(argv=None):
-    args = parser().parse_args(argv)
-    model = DenseNet(lr=args.lr)
-    return train_chapter(args, model)
-
-
-def main(argv=None):
-    return run_main(run, argv)
-
-
+# %%
 if __name__ == "__main__":
-    sys.exit(main())
+    args = d2l.chapter_args("densenet", "DenseNet (D2L 8.7)", epochs=10, batch_size=128,
+                            lr=0.01, resize=96, smoke_resize=32)
+    model = DenseNet(lr=args.lr)
+    model.layer_summary((1, args.resize, args.resize, 1))
+
+
+# %% [markdown]
+# ## Training
+#
+# Ten epochs of plain SGD at lr 0.01, batches of 128 images resized to 96x96, validated on
+# the 10,000 test images after each epoch.
+# The plot redraws as training goes.
+
+
+# %%
+if __name__ == "__main__":
+    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
+                            **args.data_options)
+    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
+    trainer.fit(model, data)
+
+
+# %% [markdown]
+# ## Results
+#
+# The final validation accuracy, then validation images titled with their true and predicted
+# labels, mistakes first (a script saves them to `predictions.png` in the run directory when
+# given `--predictions`).
+
+
+# %%
+if __name__ == "__main__":
+    print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+    if args.predictions:
+        d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")

@@ -1,37 +1,39 @@
-"""GoogLeNet (D2L section 8.4): Inception blocks, parallel branches concatenated on channels.
+# %% [markdown]
+# # GoogLeNet (D2L 8.4)
+#
+# GoogLeNet does not choose between kernel sizes: each of its Inception blocks runs 1x1, 3x3
+# and 5x5 convolutions and a max pool side by side on the same input and stacks their outputs
+# along the channels. The section trains it on Fashion-MNIST at 96x96, the book's smaller
+# input, which keeps the run affordable.
+#
+# This file is a script and a notebook at once (jupytext's percent format):
+# `python -m chapters.googlenet` trains it (`--help` lists the flags), and `make notebooks` writes
+# `notebooks/googlenet.ipynb`, where the same cells run one by one.
 
-An Inception block runs four branches side by side on the same input: a 1x1 convolution;
-a 1x1 then a 3x3 convolution; a 1x1 then a 5x5 convolution; a 3x3 max pool then a 1x1
-convolution. All keep the height and width, so their outputs (`c1`, `c2[1]`, `c3[1]` and
-`c4` channels) are concatenated along the channels. GoogLeNet is a stem (`b1`, `b2`), three
-stages of Inception blocks (`b3`, `b4`, `b5`) separated by 3x3 max pools of stride 2, a
-global average pool at the end of `b5`, and one dense layer. It trains, as in the book,
-with plain SGD at lr 0.01 on images resized to 96x96 (the book's smaller input, which
-keeps the run affordable).
 
-The model is the book's. The book's JAX code writes the global pool as an `avg_pool`
-whose window is the feature map's size; here it is NiN's `global_avg_pool` (a mean over
-height and width), which is the same and needs no flatten. Every layer pads "SAME", so
-any input size works.
-
-    python -m chapters.googlenet            # 10 epochs, 96x96, batch 128
-    python -m chapters.googlenet --quick    # a smoke run of a few batches
-"""
-import sys
-
+# %%
 import jax.numpy as jnp
 from flax import linen as nn
 
 import d2lite as d2l
 from chapters.nin import global_avg_pool
-from d2lite.cli import chapter_parser, run_main, train_chapter
+
+# %% [markdown]
+# ## The Inception block
+#
+# Four branches: a 1x1 convolution; a 1x1 then a 3x3 convolution; a 1x1 then a 5x5
+# convolution; a 3x3 max pool then a 1x1 convolution. All keep the height and width, so their
+# outputs (`c1`, `c2[1]`, `c3[1]` and `c4` channels) concatenate along the channels; the 1x1
+# convolutions in front of the larger kernels cut their cost.
 
 
+# %%
 def max_pool_3x3_s2_same(x):
     """A 3x3 max pool of stride 2 that halves the height and width (rounding up)."""
     return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME")
 
 
+# %%
 class Inception(nn.Module):
     """Four parallel branches with `c1`, `c2[1]`, `c3[1]`, `c4` output channels, concatenated.
 
@@ -59,6 +61,18 @@ class Inception(nn.Module):
         return jnp.concatenate((b1, b2, b3, b4), axis=-1)
 
 
+# %% [markdown]
+# ## The network
+#
+# A stem (`b1`, `b2`), three stages of Inception blocks (`b3`, `b4`, `b5`) separated by 3x3 max
+# pools of stride 2, a global average pool at the end of `b5`, and one dense layer.
+#
+# The book's JAX code writes the global pool as an `avg_pool` whose window is the feature
+# map's size; here it is NiN's `global_avg_pool` (a mean over height and width), which is the
+# same and needs no flatten. Every layer pads "SAME", so any input size works.
+
+
+# %%
 class GoogleNet(d2l.Classifier):
     """GoogLeNet: stem b1, b2; Inception stages b3, b4, b5 (global average pool); a dense layer."""
 
@@ -108,20 +122,48 @@ class GoogleNet(d2l.Classifier):
         ])  # fmt: skip
 
 
-def parser():
-    return chapter_parser("googlenet", __doc__.splitlines()[0], epochs=10, batch_size=128, lr=0.01,
-                          resize=96)  # fmt: skip
+# %% [markdown]
+# ## Shapes, layer by layer
+#
+# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
+# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
+# settings: in a script the command line's, in a notebook the defaults given here.
 
 
-def run(argv=None):
-    args = parser().parse_args(argv)
-    model = GoogleNet(lr=args.lr)
-    return train_chapter(args, model)
-
-
-def main(argv=None):
-    return run_main(run, argv)
-
-
+# %%
 if __name__ == "__main__":
-    sys.exit(main())
+    args = d2l.chapter_args("googlenet", "GoogLeNet (D2L 8.4)", epochs=10, batch_size=128,
+                            lr=0.01, resize=96, smoke_resize=32)
+    model = GoogleNet(lr=args.lr)
+    model.layer_summary((1, args.resize, args.resize, 1))
+
+
+# %% [markdown]
+# ## Training
+#
+# Ten epochs of plain SGD at lr 0.01, batches of 128 images resized to 96x96, validated on
+# the 10,000 test images after each epoch.
+# The plot redraws as training goes.
+
+
+# %%
+if __name__ == "__main__":
+    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
+                            **args.data_options)
+    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
+    trainer.fit(model, data)
+
+
+# %% [markdown]
+# ## Results
+#
+# The final validation accuracy, then validation images titled with their true and predicted
+# labels, mistakes first (a script saves them to `predictions.png` in the run directory when
+# given `--predictions`).
+
+
+# %%
+if __name__ == "__main__":
+    print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+    if args.predictions:
+        d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")

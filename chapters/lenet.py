@@ -1,26 +1,37 @@
-"""LeNet (D2L section 7.6): convolutions, sigmoid, average pooling, on Fashion-MNIST 28x28.
+# %% [markdown]
+# # LeNet (D2L 7.6)
+#
+# LeNet-5 is the first convolutional network the book trains: two convolutions that find
+# local patterns, average pooling that shrinks the feature maps, and three dense layers that
+# turn the patterns into class scores. Here it learns the 28x28 Fashion-MNIST images.
+#
+# This file is a script and a notebook at once (jupytext's percent format):
+# `python -m chapters.lenet` trains it (`--help` lists the flags), and `make notebooks`
+# writes `notebooks/lenet.ipynb`, where the same cells run one by one.
 
-The model is the book's `d2l.LeNet`: two 5x5 convolutions with sigmoid and 2x2 average
-pooling, then three dense layers, Xavier-initialised. Only the optimizer differs. The book's JAX code
-trains it with plain SGD at lr 0.1, which reaches only about 0.70 validation accuracy in 10
-epochs (its PyTorch tab reports 0.78): with sigmoids and Xavier's small weights the loss sits
-on a plateau near chance for hundreds of steps, and how long depends on the seed (with some
-seeds SGD with momentum is still at chance after 500 steps, and a larger learning rate only
-saturates the sigmoids). Adam rescales each parameter's step, leaves the plateau within the
-first epoch for every seed we tried, and passes 0.80 in 10 epochs; it is the default here.
-`--optimizer sgd` gives the book's plain SGD back (its lr defaults to the book's 0.1).
 
-    python -m chapters.lenet            # 10 epochs, batch 128
-    python -m chapters.lenet --quick    # a smoke run of a few batches
-"""
-import sys
-
+# %%
 import optax
 
 import d2lite as d2l
-from d2lite.cli import chapter_parser, run_main, train_chapter
+
+# %% [markdown]
+# ## The model
+#
+# The network is the book's `d2l.LeNet`, saved in d2lite: 5x5 convolutions with 6 and 16
+# channels, each followed by a sigmoid and a 2x2 average pool with stride 2, then dense
+# layers of 120, 84 and 10 units, all initialised with Xavier's rule.
+#
+# Only the optimizer differs from the book. The book's JAX code trains LeNet with plain SGD
+# at lr 0.1, which reaches only about 0.70 validation accuracy in 10 epochs (its PyTorch tab
+# reports 0.78): with sigmoids and Xavier's small weights the loss sits on a plateau near
+# chance for hundreds of steps, for how long depends on the seed, and a larger learning rate
+# only saturates the sigmoids. Adam rescales each parameter's step, leaves the plateau within
+# the first epoch for every seed we tried, and passes 0.80 in 10 epochs, so it is this
+# chapter's default; `--optimizer sgd` gives the book's plain SGD back, at the book's lr 0.1.
 
 
+# %%
 class LeNet(d2l.LeNet):
     """The book's LeNet-5 (`d2l.LeNet`), trained with Adam unless `optimizer="sgd"`."""
 
@@ -34,24 +45,53 @@ class LeNet(d2l.LeNet):
 DEFAULT_LR = {"adam": 0.003, "sgd": 0.1}
 
 
-def parser():
-    p = chapter_parser("lenet", __doc__.splitlines()[0], epochs=10, batch_size=128, lr=None, resize=28)
-    p.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default="adam",
-                   help="adam, or the book's plain sgd")  # fmt: skip
-    p.set_defaults(lr=None)
-    return p
+def options(parser):
+    """The chapter's own flag."""
+    parser.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default="adam",
+                        help="adam, or the book's plain sgd (the default lr follows the choice)")
 
 
-def run(argv=None):
-    args = parser().parse_args(argv)
-    args.lr = args.lr or DEFAULT_LR[args.optimizer]
-    model = LeNet(lr=args.lr, optimizer=args.optimizer)
-    return train_chapter(args, model)
+# %% [markdown]
+# ## Shapes, layer by layer
+#
+# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
+# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
+# settings: in a script the command line's, in a notebook the defaults given here.
 
 
-def main(argv=None):
-    return run_main(run, argv)
-
-
+# %%
 if __name__ == "__main__":
-    sys.exit(main())
+    args = d2l.chapter_args("lenet", "LeNet (D2L 7.6)", epochs=10, batch_size=128, lr=None, resize=28,
+                            options=options)
+    model = LeNet(lr=args.lr or DEFAULT_LR[args.optimizer], optimizer=args.optimizer)
+    model.layer_summary((1, args.resize, args.resize, 1))
+
+
+# %% [markdown]
+# ## Training
+#
+# Ten epochs over the 60,000 training images in batches of 128, validated on the 10,000
+# test images after each epoch; the plot redraws as training goes.
+
+
+# %%
+if __name__ == "__main__":
+    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
+                            **args.data_options)
+    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
+    trainer.fit(model, data)
+
+
+# %% [markdown]
+# ## Results
+#
+# The final validation accuracy, then validation images titled with their true and predicted
+# labels, mistakes first (a script saves them to `predictions.png` in the run directory when
+# given `--predictions`).
+
+
+# %%
+if __name__ == "__main__":
+    print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+    if args.predictions:
+        d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")

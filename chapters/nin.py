@@ -1,33 +1,30 @@
-"""Network in Network (D2L section 8.3): 1x1 convolutions and a global average pool, no dense layers.
+# %% [markdown]
+# # Network in Network (D2L 8.3)
+#
+# NiN drops the large dense layers that hold most of AlexNet's and VGG's parameters. After
+# each ordinary convolution it puts 1x1 convolutions, a small dense network applied to every
+# pixel, and it ends with one channel per class, averaged over the whole picture into that
+# class's score. The section trains it on Fashion-MNIST at 224x224.
+#
+# This file is a script and a notebook at once (jupytext's percent format):
+# `python -m chapters.nin` trains it (`--help` lists the flags), and `make notebooks` writes
+# `notebooks/nin.ipynb`, where the same cells run one by one.
 
-A NiN block is one ordinary convolution followed by two 1x1 convolutions, each with ReLU:
-the 1x1 convolutions act as a small per-pixel dense network. NiN uses AlexNet's kernel
-sizes and channels (96, 256, 384) with 3x3 max pools of stride 2, then dropout, a last NiN
-block with one channel per class, and a global average pool that turns each channel into
-that class's logit, so the network has no dense layers at all. It trains, as in the book,
-with plain SGD at lr 0.05 on images resized to 224x224.
 
-Departure from the book's JAX code: it ends with `nn.avg_pool(x, (5, 5))` and a flatten.
-That window equals the feature map only at 224x224; at 96x96 the last map is 1x1 and the
-fixed 5x5 window leaves nothing, at other sizes it averages only part of the map. Here
-`global_avg_pool` averages over the whole height and width (and needs no flatten), so the
-model runs at any input size from 67x67 up (smaller inputs leave no pixels after the
-three pools). The book also writes `num_classes = 10` without a type annotation, which
-makes it a class constant rather than a field; here it is a field.
-
-    python -m chapters.nin            # 10 epochs, 224x224, batch 128
-    python -m chapters.nin --quick    # a smoke run of a few batches
-"""
-import sys
-
+# %%
 import jax.numpy as jnp
 from flax import linen as nn
 
 import d2lite as d2l
 from chapters.alexnet import max_pool_3x3_s2
-from d2lite.cli import chapter_parser, run_main, train_chapter
+
+# %% [markdown]
+# ## The NiN block
+#
+# One convolution, then two 1x1 convolutions, each followed by ReLU.
 
 
+# %%
 def nin_block(out_channels, kernel_size, strides, padding):
     """A convolution, then two 1x1 convolutions (a per-pixel MLP), each followed by ReLU."""
     return nn.Sequential([
@@ -37,6 +34,23 @@ def nin_block(out_channels, kernel_size, strides, padding):
     ])  # fmt: skip
 
 
+# %% [markdown]
+# ## The network
+#
+# AlexNet's kernel sizes and channels (96, 256, 384) with 3x3 max pools of stride 2, then
+# dropout, a last NiN block with one channel per class, and a global average pool that turns
+# each channel into its class's logit: no dense layer at all.
+#
+# Departures from the book's JAX code: the book ends with `nn.avg_pool(x, (5, 5))` and a
+# flatten. That window equals the feature map only at 224x224; at 96x96 the last map is 1x1
+# and the fixed 5x5 window leaves nothing, and at other sizes it averages only part of the
+# map. Here `global_avg_pool` averages over the whole height and width (and needs no
+# flatten), so the model runs at any input size from 67x67 up (smaller inputs leave no pixels
+# after the three pools). The book also writes `num_classes = 10` without a type annotation,
+# which makes it a class constant rather than a field; here it is a field.
+
+
+# %%
 def global_avg_pool(x):
     """(B, H, W, C) -> (B, C): the mean over the whole height and width, at any input size."""
     return jnp.mean(x, axis=(1, 2))
@@ -63,20 +77,48 @@ class NiN(d2l.Classifier):
         ])  # fmt: skip
 
 
-def parser():
-    return chapter_parser("nin", __doc__.splitlines()[0], epochs=10, batch_size=128, lr=0.05,
-                          resize=224)  # fmt: skip
+# %% [markdown]
+# ## Shapes, layer by layer
+#
+# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
+# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
+# settings: in a script the command line's, in a notebook the defaults given here.
 
 
-def run(argv=None):
-    args = parser().parse_args(argv)
-    model = NiN(lr=args.lr)
-    return train_chapter(args, model)
-
-
-def main(argv=None):
-    return run_main(run, argv)
-
-
+# %%
 if __name__ == "__main__":
-    sys.exit(main())
+    args = d2l.chapter_args("nin", "Network in Network (D2L 8.3)", epochs=10, batch_size=128,
+                            lr=0.05, resize=224, smoke_resize=67)
+    model = NiN(lr=args.lr)
+    model.layer_summary((1, args.resize, args.resize, 1))
+
+
+# %% [markdown]
+# ## Training
+#
+# Ten epochs of plain SGD at lr 0.05, batches of 128 images resized to 224x224, validated on
+# the 10,000 test images after each epoch.
+# The plot redraws as training goes.
+
+
+# %%
+if __name__ == "__main__":
+    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
+                            **args.data_options)
+    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
+    trainer.fit(model, data)
+
+
+# %% [markdown]
+# ## Results
+#
+# The final validation accuracy, then validation images titled with their true and predicted
+# labels, mistakes first (a script saves them to `predictions.png` in the run directory when
+# given `--predictions`).
+
+
+# %%
+if __name__ == "__main__":
+    print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+    if args.predictions:
+        d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")

@@ -1,33 +1,41 @@
-"""RegNet (D2L section 8.8): the AnyNet design space and its 32-layer RegNetX, at 96x96.
+# %% [markdown]
+# # RegNet (D2L 8.8)
+#
+# Instead of one more hand-made network, the section describes a whole design space, AnyNet,
+# and the simple rules (widths and depths that grow from stage to stage, one group width)
+# that its best networks follow: RegNet. It trains the book's 32-layer RegNetX on
+# Fashion-MNIST at 96x96.
+#
+# This file is a script and a notebook at once (jupytext's percent format):
+# `python -m chapters.regnet` trains it (`--help` lists the flags), and `make notebooks` writes
+# `notebooks/regnet.ipynb`, where the same cells run one by one.
 
-`AnyNet` is the template that Radosavovic et al. (2020) search over: a stem (3x3/2
-convolution, BatchNorm, ReLU), stages of ResNeXt blocks whose first block halves the
-resolution, and a head (global average pool, dense layer). Each stage is described by
-`(depth, num_channels, group_width, bot_mul)`. `RegNetX32` is the book's instance: stem
-width 32, two stages of depth 4 and 6 and width 32 and 80, group width 16, no bottleneck
-(`bot_mul` 1). Trained as in the book: SGD, lr 0.05, batch 128, 96x96, 10 epochs.
 
-The blocks are the book's `d2l.ResNeXtBlock`, from d2lite, whose `groups` argument is, as in
-the book's code, the width of each group: RegNet's group width 16 is passed as it is (2 groups
-in the first stage, 5 in the second).
-
-Departures from the book's JAX code:
-- The head averages over the whole feature map with `jnp.mean` (a true global pool) instead
-  of an average pool whose window is read off the input shape.
-
-    python -m chapters.regnet            # 10 epochs, 96x96, batch 128, SGD lr 0.05
-    python -m chapters.regnet --quick    # a smoke run of a few batches
-"""
-import sys
-
+# %%
 import jax.numpy as jnp
 from flax import linen as nn
 
 import d2lite as d2l
 from d2lite.book import BatchNorm
-from d2lite.cli import chapter_parser, run_main, train_chapter
+
+# %% [markdown]
+# ## AnyNet and RegNetX
+#
+# `AnyNet` is the template that Radosavovic et al. (2020) search over: a stem (3x3/2
+# convolution, BatchNorm, ReLU), stages of ResNeXt blocks whose first block halves the
+# resolution, and a head (global average pool, dense layer). Each stage is described by
+# `(depth, num_channels, group_width, bot_mul)`. `RegNetX32` is the book's instance: stem
+# width 32, two stages of depth 4 and 6 and width 32 and 80, group width 16, no bottleneck
+# (`bot_mul` 1).
+#
+# The blocks are the book's `d2l.ResNeXtBlock`, from d2lite, whose `groups` argument is, as in
+# the book's code, the width of each group: RegNet's group width 16 is passed as it is (2
+# groups in the first stage, 5 in the second). One departure from the book's JAX code: the
+# head averages over the whole feature map with `jnp.mean` (a true global pool) instead of an
+# average pool whose window is read off the input shape.
 
 
+# %%
 class AnyNet(d2l.Classifier):
     """Stem, stages of ResNeXt blocks, head; `arch` holds `(depth, num_channels, group_width, bot_mul)`
     for each stage. (Both fields have defaults only because the base class's fields do.)"""
@@ -66,6 +74,7 @@ class AnyNet(d2l.Classifier):
                                   self.head()])  # fmt: skip
 
 
+# %%
 class RegNetX32(AnyNet):
     """The book's 32-layer RegNetX: stem 32; stages (depth, width) (4, 32) and (6, 80); group
     width 16; bot_mul 1."""
@@ -76,20 +85,48 @@ class RegNetX32(AnyNet):
     num_classes: int = 10
 
 
-def parser():
-    return chapter_parser("regnet", __doc__.splitlines()[0], epochs=10, batch_size=128,
-                          lr=0.05, resize=96)  # fmt: skip
+# %% [markdown]
+# ## Shapes, layer by layer
+#
+# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
+# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
+# settings: in a script the command line's, in a notebook the defaults given here.
 
 
-def run(argv=None):
-    args = parser().parse_args(argv)
-    model = RegNetX32(lr=args.lr)
-    return train_chapter(args, model)
-
-
-def main(argv=None):
-    return run_main(run, argv)
-
-
+# %%
 if __name__ == "__main__":
-    sys.exit(main())
+    args = d2l.chapter_args("regnet", "RegNet (D2L 8.8)", epochs=10, batch_size=128,
+                            lr=0.05, resize=96, smoke_resize=32)
+    model = RegNetX32(lr=args.lr)
+    model.layer_summary((1, args.resize, args.resize, 1))
+
+
+# %% [markdown]
+# ## Training
+#
+# Ten epochs of plain SGD at lr 0.05, batches of 128 images resized to 96x96, validated on
+# the 10,000 test images after each epoch.
+# The plot redraws as training goes.
+
+
+# %%
+if __name__ == "__main__":
+    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
+                            **args.data_options)
+    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
+    trainer.fit(model, data)
+
+
+# %% [markdown]
+# ## Results
+#
+# The final validation accuracy, then validation images titled with their true and predicted
+# labels, mistakes first (a script saves them to `predictions.png` in the run directory when
+# given `--predictions`).
+
+
+# %%
+if __name__ == "__main__":
+    print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+    if args.predictions:
+        d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")

@@ -1,35 +1,18 @@
-"""ResNet (D2L section 8.6): residual blocks, ResNet-18 on Fashion-MNIST 96x96, and the paper's family.
+# %% [markdown]
+# # ResNet (D2L 8.6)
+#
+# A residual block adds its input to what its two 3x3 convolutions make of it, so a block
+# that learns nothing passes its input on: a deeper network contains the shallower ones, and
+# adding layers can no longer make it worse in principle. The section builds ResNet-18 from
+# such blocks and trains it on Fashion-MNIST at 96x96, this project's main job
+# (`make resnet`).
+#
+# This file is a script and a notebook at once (jupytext's percent format):
+# `python -m chapters.resnet` trains it (`--help` lists the flags), and `make notebooks` writes
+# `notebooks/resnet.ipynb`, where the same cells run one by one.
 
-A residual block adds its input to what its two 3x3 convolutions make of it, so a block
-that learns nothing passes its input on: deeper networks contain the shallower ones.
-`ResNet` is the book's template (a 7x7 stem, four stages of residual blocks, a global
-average pool and a dense layer) and `ResNet18` the book's instance of it. `ResNetFamily`
-fills the same template with the blocks of the paper's Table 1 (He et al., 2016): basic
-blocks for ResNet-18/34, bottleneck blocks (1x1 reduce, 3x3, 1x1 expand 4x) for
-ResNet-50/101/152/200, as the presets `resnet18` ... `resnet200`. With 3 input channels
-and 1000 classes they have the published (torchvision) parameter counts: 11,689,512 for
-ResNet-18 and 25,557,032 for ResNet-50. The family also offers the pre-activation blocks
-of He et al.'s follow-up paper (BatchNorm-ReLU-conv, `preact=True`; the book's exercise)
-and a compute `dtype` (e.g. `jnp.bfloat16` activations with float32 parameters and
-float32 BatchNorm statistics; `Classifier.loss` already takes the loss in float32).
 
-The residual block is the book's `d2l.Residual`, from d2lite (see its docstring for the
-two ways it departs from the book's: a projection whenever the shape changes, BatchNorm
-momentum 0.9). Departures from the book's JAX code here:
-- The head averages over the whole feature map with `jnp.mean` (a true global pool, at any
-  input size) instead of an average pool whose window is read off the input shape.
-- The family (not the book's `ResNet18`) follows torchvision's ResNet v1.5, whose counts
-  are the published ones: convolutions without bias (a BatchNorm follows each), a BatchNorm
-  after the shortcut projection, the stride of a bottleneck on its 3x3 convolution, and the
-  last BatchNorm of each bottleneck branch initialised with scale zero, so each bottleneck
-  block starts as the identity (as in Flax's ImageNet example and Goyal et al., 2017).
-
-    python -m chapters.resnet                        # the book's ResNet18, 10 epochs, 96x96, lr 0.01
-    python -m chapters.resnet --depth 50             # ResNet-50 of the paper's family
-    python -m chapters.resnet --preact --dtype bfloat16
-    python -m chapters.resnet --quick                # a smoke run of a few batches
-"""
-import sys
+# %%
 from functools import partial
 from typing import Any
 
@@ -38,9 +21,21 @@ from flax import linen as nn
 
 import d2lite as d2l
 from d2lite.book import BatchNorm, changes_shape
-from d2lite.cli import chapter_parser, run_main, train_chapter
+
+# %% [markdown]
+# ## The residual block and ResNet-18
+#
+# The residual block is the book's `d2l.Residual`, saved in d2lite (its docstring gives the
+# two ways it departs from the book's: a projection whenever the shape changes, BatchNorm
+# momentum 0.9). `ResNet` is the book's template: a 7x7 stem, four stages of residual blocks,
+# a global average pool and a dense layer; `ResNet18` is the book's instance of it.
+#
+# One departure from the book's JAX code: the head averages over the whole feature map with
+# `jnp.mean` (a true global pool, at any input size) instead of an average pool whose window is
+# read off the input shape.
 
 
+# %%
 def global_avg_pool(X):
     """(B, H, W, C) -> (B, C): the mean over the whole feature map, at any input size."""
     return jnp.mean(X, axis=(1, 2))
@@ -103,7 +98,26 @@ class ResNet18(ResNet):
     arch: tuple = ((2, 64), (2, 128), (2, 256), (2, 512))
 
 
-# ------------------------------------------------------------------ the paper's family
+# %% [markdown]
+# ## The paper's family
+#
+# `ResNetFamily` fills the same template with the blocks of the paper's Table 1 (He et al.,
+# 2016): basic blocks for ResNet-18/34, bottleneck blocks (1x1 reduce, 3x3, 1x1 expand 4x)
+# for ResNet-50/101/152/200, as the presets `resnet18` ... `resnet200` (`--depth`). With 3
+# input channels and 1000 classes they have the published (torchvision) parameter counts:
+# 11,689,512 for ResNet-18 and 25,557,032 for ResNet-50. The family also offers the
+# pre-activation blocks of He et al.'s follow-up paper (BatchNorm-ReLU-conv, `--preact`; the
+# book's exercise) and a compute dtype (`--dtype bfloat16`: bfloat16 activations with float32
+# parameters and BatchNorm statistics; `Classifier.loss` already takes the loss in float32).
+#
+# The family (not the book's `ResNet18`) follows torchvision's ResNet v1.5, whose counts are
+# the published ones: convolutions without bias (a BatchNorm follows each), a BatchNorm after
+# the shortcut projection, the stride of a bottleneck on its 3x3 convolution, and the last
+# BatchNorm of each bottleneck branch initialised with scale zero, so each bottleneck block
+# starts as the identity (as in Flax's ImageNet example and Goyal et al., 2017).
+
+
+# %%
 class ResNetBlock(nn.Module):
     """The template of the paper's blocks: a branch of convolutions plus a shortcut.
 
@@ -217,16 +231,16 @@ RESNETS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101, 152: resnet
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def parser():
-    p = chapter_parser("resnet", __doc__.splitlines()[0], epochs=10, batch_size=128, lr=0.01, resize=96)
-    p.add_argument("--depth", type=int, choices=sorted(RESNETS), default=None,
-                   help="train this member of the paper's family instead of the book's ResNet18")  # fmt: skip
-    p.add_argument("--preact", action="store_true",
-                   help="pre-activation blocks (BatchNorm-ReLU-conv), in the family (depth 18 by default)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                   help="compute dtype of the family (parameters stay float32); bfloat16 implies the "
-                        "family, depth 18 by default")  # fmt: skip
-    return p
+def options(parser):
+    """The chapter's own flags: which member of the family to train."""
+    parser.add_argument("--depth", type=int, choices=sorted(RESNETS), default=None,
+                        help="train this member of the paper's family instead of the book's ResNet18")
+    parser.add_argument("--preact", action="store_true",
+                        help="pre-activation blocks (BatchNorm-ReLU-conv), in the family (depth 18 by "
+                             "default)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="compute dtype of the family (parameters stay float32); bfloat16 implies the "
+                             "family, depth 18 by default")
 
 
 def build_model(args):
@@ -236,15 +250,48 @@ def build_model(args):
     return RESNETS[args.depth or 18](lr=args.lr, preact=args.preact, dtype=DTYPES[args.dtype])
 
 
-def run(argv=None):
-    args = parser().parse_args(argv)
-    model = build_model(args)
-    return train_chapter(args, model)
+# %% [markdown]
+# ## Shapes, layer by layer
+#
+# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
+# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
+# settings: in a script the command line's, in a notebook the defaults given here.
 
 
-def main(argv=None):
-    return run_main(run, argv)
-
-
+# %%
 if __name__ == "__main__":
-    sys.exit(main())
+    args = d2l.chapter_args("resnet", "ResNet (D2L 8.6)", epochs=10, batch_size=128,
+                            lr=0.01, resize=96, smoke_resize=32, options=options)
+    model = build_model(args)
+    model.layer_summary((1, args.resize, args.resize, 1))
+
+
+# %% [markdown]
+# ## Training
+#
+# Ten epochs of plain SGD at lr 0.01, batches of 128 images resized to 96x96, validated on
+# the 10,000 test images after each epoch: `make resnet`, the project's main job.
+# The plot redraws as training goes.
+
+
+# %%
+if __name__ == "__main__":
+    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
+                            **args.data_options)
+    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
+    trainer.fit(model, data)
+
+
+# %% [markdown]
+# ## Results
+#
+# The final validation accuracy, then validation images titled with their true and predicted
+# labels, mistakes first (a script saves them to `predictions.png` in the run directory when
+# given `--predictions`).
+
+
+# %%
+if __name__ == "__main__":
+    print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+    if args.predictions:
+        d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")

@@ -1,27 +1,37 @@
-"""ResNet in Flax NNX, trained by the same d2lite Trainer (D2L 8.6 in the newer Flax API).
+# %% [markdown]
+# # ResNet in Flax NNX (D2L 8.6)
+#
+# The book writes its models with Flax Linen. Flax's newer NNX API holds parameters and
+# BatchNorm statistics in ordinary Python objects and passes the train/eval mode explicitly
+# (`model(x, train=False)`). This chapter writes the ResNet-18 of section 8.6 in NNX and
+# trains it with the same Trainer, so the two APIs can be compared on the same data.
+#
+# This file is a script and a notebook at once (jupytext's percent format):
+# `python -m chapters.resnet_nnx` trains it (`--help` lists the flags), and `make notebooks` writes
+# `notebooks/resnet_nnx.ipynb`, where the same cells run one by one.
 
-The book writes its models with Flax Linen. Flax's newer NNX API holds parameters and
-BatchNorm statistics in ordinary Python objects and passes the train/eval mode explicitly
-(`model(x, train=False)`). The residual and bottleneck blocks here follow the ResNet paper;
-the network has the ResNet-18 layout of the Linen chapter (stem, four stages, global
-average pool), so the two APIs can be compared on the same data. It trains with AdamW
-(lr 1e-3, weight decay 1e-4) through `d2lite.NNXClassifier`, an adapter over Flax's
-NNX-to-Linen bridge: one Trainer for both APIs.
 
-    python -m chapters.resnet_nnx            # 10 epochs, 96x96, batch 128
-    python -m chapters.resnet_nnx --quick
-"""
-import sys
+# %%
 from functools import partial
 
 import jax.numpy as jnp
 from flax import nnx
 from flax.core import FrozenDict
 
+import d2lite as d2l
 from d2lite.book import BN_MOMENTUM
-from d2lite.cli import chapter_parser, run_main, train_chapter
 from d2lite.nnx_adapter import NNXClassifier
 
+# %% [markdown]
+# ## The blocks and the network
+#
+# The residual and bottleneck blocks follow the ResNet paper; the network has the ResNet-18
+# layout of the Linen chapter (stem, four stages, global average pool). It trains with AdamW
+# (lr 1e-3, weight decay 1e-4) through `d2lite.NNXClassifier`, an adapter over Flax's
+# NNX-to-Linen bridge: one Trainer for both APIs.
+
+
+# %%
 BatchNorm = partial(nnx.BatchNorm, momentum=BN_MOMENTUM)
 
 
@@ -76,6 +86,7 @@ class BottleneckBlock(nnx.Module):
         return nnx.relu(out + x)
 
 
+# %%
 class Stem(nnx.Module):
     """7x7/2 convolution, BatchNorm, ReLU, 3x3/2 max pool: a quarter of the resolution."""
 
@@ -142,22 +153,53 @@ def resnet50_nnx(lr=1e-3, **kwargs):
     return NNXClassifier(nnx_class=ResNet, nnx_kwargs=FrozenDict(kwargs), lr=lr)
 
 
-def parser():
-    p = chapter_parser("resnet_nnx", __doc__.splitlines()[0], epochs=10, batch_size=128,
-                       lr=1e-3, resize=96)  # fmt: skip
-    p.add_argument("--width", type=int, default=64, help="channels of the first stage (doubling after)")
-    return p
+def options(parser):
+    """The chapter's own flag."""
+    parser.add_argument("--width", type=int, default=64, help="channels of the first stage (doubling after)")
 
 
-def run(argv=None):
-    args = parser().parse_args(argv)
-    model = resnet18_nnx(lr=args.lr, width=args.width)
-    return train_chapter(args, model)
+# %% [markdown]
+# ## Shapes, layer by layer
+#
+# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
+# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
+# settings: in a script the command line's, in a notebook the defaults given here.
 
 
-def main(argv=None):
-    return run_main(run, argv)
-
-
+# %%
 if __name__ == "__main__":
-    sys.exit(main())
+    args = d2l.chapter_args("resnet_nnx", "ResNet in Flax NNX (D2L 8.6)", epochs=10, batch_size=128,
+                            lr=1e-3, resize=96, smoke_resize=32, options=options)
+    model = resnet18_nnx(lr=args.lr, width=args.width)
+    model.layer_summary((1, args.resize, args.resize, 1))
+
+
+# %% [markdown]
+# ## Training
+#
+# Ten epochs of AdamW at lr 0.001, batches of 128 images resized to 96x96, validated on
+# the 10,000 test images after each epoch.
+# The plot redraws as training goes.
+
+
+# %%
+if __name__ == "__main__":
+    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
+                            **args.data_options)
+    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
+    trainer.fit(model, data)
+
+
+# %% [markdown]
+# ## Results
+#
+# The final validation accuracy, then validation images titled with their true and predicted
+# labels, mistakes first (a script saves them to `predictions.png` in the run directory when
+# given `--predictions`).
+
+
+# %%
+if __name__ == "__main__":
+    print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+    if args.predictions:
+        d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")

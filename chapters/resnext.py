@@ -1,42 +1,49 @@
-"""ResNeXt (D2L section 8.6.5): grouped-convolution bottleneck blocks in the ResNet template, at 96x96.
+# %% [markdown]
+# # ResNeXt (D2L 8.6.5)
+#
+# ResNeXt (Xie et al., 2017) splits the 3x3 convolution of a bottleneck residual block into
+# independent groups of channels: many narrow paths side by side instead of one wide one, for
+# a fraction of the weights and multiply-adds. The section builds the block; here it fills
+# ResNet-18's template and trains on Fashion-MNIST at 96x96.
+#
+# This file is a script and a notebook at once (jupytext's percent format):
+# `python -m chapters.resnext` trains it (`--help` lists the flags), and `make notebooks` writes
+# `notebooks/resnext.ipynb`, where the same cells run one by one.
 
-A ResNeXt block (Xie et al., 2017) is a bottleneck residual block whose 3x3 convolution is
-split into `groups` independent groups: a 1x1 convolution to `bot_channels =
-num_channels * bot_mul` channels, a 3x3 convolution in which each of the `groups` groups
-maps its own `bot_channels / groups` channels to as many outputs (`groups` times fewer
-weights and multiply-adds than a dense 3x3), and a 1x1 convolution back to `num_channels`
-that mixes the groups again. `ResNeXt` is the ResNet template of `chapters.resnet` (same
-stem, stages and head) with these blocks.
 
-The network trained here keeps ResNet-18's layout, stages of two blocks with 64, 128, 256
-and 512 channels, with `groups=16` and `bot_mul=1`, the book's example block. Cardinality
-16 rather than the paper's 32 keeps every group at least 4 channels wide (64 / 16, like the
-groups of the paper's ResNeXt-50 32x4d), and a bottleneck as wide as the block keeps
-ResNet-18's widths. The blocks then need about 7x fewer multiply-adds than ResNet-18's
-(2 c^2 + 9 c^2 / 16 against 18 c^2 per pixel) and a sixth of the parameters (1.8 M).
-
-The block is the book's `d2l.ResNeXtBlock`, from d2lite. As in the book's code, its `groups`
-argument is the width of each group, so `ResNeXt.block` passes `bot_channels // groups` to
-get `groups` groups. On a CPU its grouped 3x3 convolution runs as a dense block-diagonal one
-(`d2lite.book.grouped_conv`): XLA's CPU backend runs grouped convolutions 7 to 50 times
-slower, and this network's step would take 17 s at batch 32 instead of 1.1 s.
-
-Departures from the book's JAX code: the shortcut gets its 1x1 convolution and BatchNorm
-whenever the block's stride or channel count changes the shape, not only when
-`use_1x1conv=True`; the head is `chapters.resnet`'s global average pool (`jnp.mean`).
-
-    python -m chapters.resnext            # 10 epochs, 96x96, batch 128, SGD lr 0.01
-    python -m chapters.resnext --quick    # a smoke run of a few batches
-"""
-import sys
-
+# %%
 from flax import linen as nn
 
 import d2lite as d2l
 from chapters.resnet import ResNet
-from d2lite.cli import chapter_parser, run_main, train_chapter
+
+# %% [markdown]
+# ## The ResNeXt block in the ResNet template
+#
+# A 1x1 convolution to `bot_channels = num_channels * bot_mul` channels, a 3x3 convolution in
+# which each of the `groups` groups maps its own `bot_channels / groups` channels to as many
+# outputs (`groups` times fewer weights and multiply-adds than a dense 3x3), and a 1x1
+# convolution back to `num_channels` that mixes the groups again. `ResNeXt` is the ResNet
+# template of `chapters.resnet` (same stem, stages and head) with these blocks.
+#
+# The network keeps ResNet-18's layout, stages of two blocks with 64, 128, 256 and 512
+# channels, with `groups=16` and `bot_mul=1`, the book's example block. Cardinality 16 rather
+# than the paper's 32 keeps every group at least 4 channels wide (64 / 16, like the groups of
+# the paper's ResNeXt-50 32x4d), and a bottleneck as wide as the block keeps ResNet-18's
+# widths. The blocks then need about 7x fewer multiply-adds than ResNet-18's
+# (2 c^2 + 9 c^2 / 16 against 18 c^2 per pixel) and a sixth of the parameters (1.8 M).
+#
+# The block is the book's `d2l.ResNeXtBlock`, saved in d2lite. As in the book's code, its
+# `groups` argument is the width of each group, so `ResNeXt.block` passes
+# `bot_channels // groups` to get `groups` groups. On a CPU its grouped 3x3 convolution runs as
+# a dense block-diagonal one (`d2lite.book.grouped_conv`): XLA's CPU backend runs grouped
+# convolutions 7 to 50 times slower, and this network's step would take 17 s at batch 32
+# instead of 1.1 s. Departures from the book's JAX code: the shortcut gets its 1x1 convolution
+# and BatchNorm whenever the block's stride or channel count changes the shape, not only when
+# `use_1x1conv=True`; the head is `chapters.resnet`'s global average pool (`jnp.mean`).
 
 
+# %%
 class ResNeXt(ResNet):
     """The ResNet template (stem, stages, head from `chapters.resnet`) with ResNeXt blocks of
     `groups` groups each (cardinality)."""
@@ -56,23 +63,55 @@ class ResNeXt(ResNet):
         return nn.Sequential(blk)
 
 
-def parser():
-    p = chapter_parser("resnext", __doc__.splitlines()[0], epochs=10, batch_size=128, lr=0.01, resize=96)
-    p.add_argument("--groups", type=int, default=16, help="groups of each 3x3 convolution (cardinality)")
-    p.add_argument("--bot-mul", type=float, default=1.0,
-                   help="bottleneck channels as a multiple of the block's channels")  # fmt: skip
-    return p
+def options(parser):
+    """The chapter's own flags: the block's cardinality and bottleneck."""
+    parser.add_argument("--groups", type=int, default=16, help="groups of each 3x3 convolution (cardinality)")
+    parser.add_argument("--bot-mul", type=float, default=1.0,
+                        help="bottleneck channels as a multiple of the block's channels")
 
 
-def run(argv=None):
-    args = parser().parse_args(argv)
-    model = ResNeXt(lr=args.lr, groups=args.groups, bot_mul=args.bot_mul)
-    return train_chapter(args, model)
+# %% [markdown]
+# ## Shapes, layer by layer
+#
+# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
+# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
+# settings: in a script the command line's, in a notebook the defaults given here.
 
 
-def main(argv=None):
-    return run_main(run, argv)
-
-
+# %%
 if __name__ == "__main__":
-    sys.exit(main())
+    args = d2l.chapter_args("resnext", "ResNeXt (D2L 8.6.5)", epochs=10, batch_size=128,
+                            lr=0.01, resize=96, smoke_resize=32, options=options)
+    model = ResNeXt(lr=args.lr, groups=args.groups, bot_mul=args.bot_mul)
+    model.layer_summary((1, args.resize, args.resize, 1))
+
+
+# %% [markdown]
+# ## Training
+#
+# Ten epochs of plain SGD at lr 0.01, batches of 128 images resized to 96x96, validated on
+# the 10,000 test images after each epoch.
+# The plot redraws as training goes.
+
+
+# %%
+if __name__ == "__main__":
+    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
+                            **args.data_options)
+    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
+    trainer.fit(model, data)
+
+
+# %% [markdown]
+# ## Results
+#
+# The final validation accuracy, then validation images titled with their true and predicted
+# labels, mistakes first (a script saves them to `predictions.png` in the run directory when
+# given `--predictions`).
+
+
+# %%
+if __name__ == "__main__":
+    print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+    if args.predictions:
+        d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")

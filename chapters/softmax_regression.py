@@ -1,36 +1,70 @@
-"""Softmax regression (D2L sections 4.4-4.5): one linear layer from pixels to class scores.
+# %% [markdown]
+# # Softmax regression (D2L 4.4-4.5)
+#
+# The simplest classifier of images: one linear layer from pixels to class scores, and a
+# softmax that turns the scores into probabilities. Sections 4.4 and 4.5 write it from
+# scratch, then concisely, and train it on Fashion-MNIST.
+#
+# This file is a script and a notebook at once (jupytext's percent format):
+# `python -m chapters.softmax_regression` trains it (`--help` lists the flags), and `make notebooks` writes
+# `notebooks/softmax_regression.ipynb`, where the same cells run one by one.
 
-Each 28x28 Fashion-MNIST image is flattened to 784 values and mapped by a single dense
-layer to 10 scores; the Classifier's cross-entropy applies the softmax inside the loss
-(numerically stable: the log-sum-exp form). Trained as in the book: SGD, lr 0.1, batch
-256, 10 epochs. The model is the concise implementation of section 4.5 (`nn.Dense`), which
-is what the from-scratch version of section 4.4 computes.
 
-The model is the book's `d2l.SoftmaxRegression`, trained as the book's code trains it.
-
-    python -m chapters.softmax_regression            # 10 epochs, batch 256, SGD lr 0.1
-    python -m chapters.softmax_regression --quick    # a smoke run of a few batches
-"""
-import sys
-
+# %%
 import d2lite as d2l
-from d2lite.cli import chapter_parser, run_main, train_chapter
+
+# %% [markdown]
+# ## The model
+#
+# Each 28x28 image is flattened to 784 values and mapped by a single dense layer to 10
+# scores: the book's `d2l.SoftmaxRegression`, the concise model of section 4.5 (`nn.Dense`),
+# which computes what section 4.4's from-scratch version does. The Classifier's cross-entropy
+# applies the softmax inside the loss, in the numerically stable log-sum-exp form. There is no
+# code to write here: the model comes from d2lite as the book's comes from `d2l`.
 
 
-def parser():
-    return chapter_parser("softmax_regression", __doc__.splitlines()[0], epochs=10, batch_size=256,
-                          lr=0.1, resize=28)  # fmt: skip
+# %% [markdown]
+# ## Shapes, layer by layer
+#
+# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
+# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
+# settings: in a script the command line's, in a notebook the defaults given here.
 
 
-def run(argv=None):
-    args = parser().parse_args(argv)
-    model = d2l.SoftmaxRegression(num_outputs=10, lr=args.lr)
-    return train_chapter(args, model)
-
-
-def main(argv=None):
-    return run_main(run, argv)
-
-
+# %%
 if __name__ == "__main__":
-    sys.exit(main())
+    args = d2l.chapter_args("softmax_regression", "Softmax regression (D2L 4.4-4.5)", epochs=10,
+                            batch_size=256, lr=0.1, resize=28)
+    model = d2l.SoftmaxRegression(num_outputs=10, lr=args.lr)
+    model.layer_summary((1, args.resize, args.resize, 1))
+
+
+# %% [markdown]
+# ## Training
+#
+# Ten epochs of plain SGD at lr 0.1, batches of 256 images at 28x28, validated on the
+# 10,000 test images after each epoch.
+# The plot redraws as training goes.
+
+
+# %%
+if __name__ == "__main__":
+    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
+                            **args.data_options)
+    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
+    trainer.fit(model, data)
+
+
+# %% [markdown]
+# ## Results
+#
+# The final validation accuracy, then validation images titled with their true and predicted
+# labels, mistakes first (a script saves them to `predictions.png` in the run directory when
+# given `--predictions`).
+
+
+# %%
+if __name__ == "__main__":
+    print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+    if args.predictions:
+        d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")

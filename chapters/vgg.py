@@ -1,35 +1,29 @@
-"""VGG (D2L section 8.2): networks built from repeated blocks of 3x3 convolutions.
+# %% [markdown]
+# # VGG (D2L 8.2)
+#
+# VGG showed that a deep network can be described by a short list of repeated blocks: a few
+# 3x3 convolutions, then a pool that halves the resolution. The section builds VGG-11 from
+# such blocks and trains a slimmer version of it on Fashion-MNIST at 224x224.
+#
+# This file is a script and a notebook at once (jupytext's percent format):
+# `python -m chapters.vgg` trains it (`--help` lists the flags), and `make notebooks` writes
+# `notebooks/vgg.ipynb`, where the same cells run one by one.
 
-A VGG block is `num_convs` 3x3 convolutions (padding 1, ReLU) and a 2x2 max pool with
-stride 2, which halves the height and width. `VGG(arch)` stacks one block per
-`(num_convs, out_channels)` pair of `arch` and ends with AlexNet's classifier: two dense
-layers of 4096 units with dropout 0.5 and a dense output layer. `VGG11_ARCH` is VGG-11;
-like the book, the chapter trains VGG-11 with every block's channels divided by 4
-(`SMALL_VGG11_ARCH`) at 224x224 with plain SGD at lr 0.01, because the full network
-(about 129 million parameters here) is too slow for Fashion-MNIST on one machine.
 
-The model is the book's. Two departures in spelling: `arch` is a tuple of pairs, hashable as
-a Flax field should be, and `VGG` takes keyword arguments only (`VGG(arch=..., lr=...)`, as
-the book calls it). The book's `arch: list`, a field with no default after the base class's
-fields with defaults, is refused by Python's dataclasses unless the fields are keyword-only,
-and positionally `VGG(arch)` would set the base class's first field instead. VGG-11's five
-pools need inputs of at least 32x32.
-
-    python -m chapters.vgg            # 10 epochs, 224x224, batch 128
-    python -m chapters.vgg --quick    # a smoke run of a few batches
-"""
-import sys
-
+# %%
 from flax import linen as nn
 
 import d2lite as d2l
 from chapters.alexnet import flatten
-from d2lite.cli import chapter_parser, run_main, train_chapter
 
-VGG11_ARCH = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
-SMALL_VGG11_ARCH = tuple((num_convs, channels // 4) for num_convs, channels in VGG11_ARCH)
+# %% [markdown]
+# ## The VGG block
+#
+# `num_convs` 3x3 convolutions with padding 1 and ReLU keep the height and width; a 2x2 max
+# pool with stride 2 then halves them. Five such pools need inputs of at least 32x32.
 
 
+# %%
 def max_pool_2x2(x):
     return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
 
@@ -43,6 +37,24 @@ def vgg_block(num_convs, out_channels):
     return nn.Sequential(layers)
 
 
+# %% [markdown]
+# ## The network
+#
+# `VGG(arch=...)` stacks one block per `(num_convs, out_channels)` pair of `arch` and ends
+# with AlexNet's classifier: two dense layers of 4096 units with dropout 0.5, and a dense
+# output layer. `VGG11_ARCH` is VGG-11. Like the book, the chapter divides every block's
+# channels by 4 (`SMALL_VGG11_ARCH`): the full network (about 129 million parameters here)
+# is too slow for Fashion-MNIST on one machine.
+#
+# Two departures from the book's JAX code, both in spelling: `arch` is a tuple of pairs,
+# hashable as a Flax field should be, and `VGG` takes keyword arguments only
+# (`VGG(arch=..., lr=...)`, as the book calls it). The book's `arch: list`, a field without a
+# default after the base class's fields with defaults, is refused by Python's dataclasses
+# unless the fields are keyword-only, and positionally `VGG(arch)` would set the base class's
+# first field instead.
+
+
+# %%
 class VGG(d2l.Classifier, kw_only=True):
     """VGG: one `vgg_block` per (num_convs, out_channels) of `arch`, then three dense layers."""
 
@@ -61,20 +73,52 @@ class VGG(d2l.Classifier, kw_only=True):
         ])  # fmt: skip
 
 
-def parser():
-    return chapter_parser("vgg", __doc__.splitlines()[0], epochs=10, batch_size=128, lr=0.01,
-                          resize=224)  # fmt: skip
+VGG11_ARCH = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
+SMALL_VGG11_ARCH = tuple((num_convs, channels // 4) for num_convs, channels in VGG11_ARCH)
 
 
-def run(argv=None):
-    args = parser().parse_args(argv)
-    model = VGG(arch=SMALL_VGG11_ARCH, lr=args.lr)
-    return train_chapter(args, model)
+# %% [markdown]
+# ## Shapes, layer by layer
+#
+# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
+# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
+# settings: in a script the command line's, in a notebook the defaults given here.
 
 
-def main(argv=None):
-    return run_main(run, argv)
-
-
+# %%
 if __name__ == "__main__":
-    sys.exit(main())
+    args = d2l.chapter_args("vgg", "VGG (D2L 8.2)", epochs=10, batch_size=128,
+                            lr=0.01, resize=224, smoke_resize=32)
+    model = VGG(arch=SMALL_VGG11_ARCH, lr=args.lr)
+    model.layer_summary((1, args.resize, args.resize, 1))
+
+
+# %% [markdown]
+# ## Training
+#
+# Ten epochs of plain SGD at lr 0.01, batches of 128 images resized to 224x224, validated on
+# the 10,000 test images after each epoch.
+# The plot redraws as training goes.
+
+
+# %%
+if __name__ == "__main__":
+    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
+                            **args.data_options)
+    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
+    trainer.fit(model, data)
+
+
+# %% [markdown]
+# ## Results
+#
+# The final validation accuracy, then validation images titled with their true and predicted
+# labels, mistakes first (a script saves them to `predictions.png` in the run directory when
+# given `--predictions`).
+
+
+# %%
+if __name__ == "__main__":
+    print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+    if args.predictions:
+        d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")

@@ -13,6 +13,7 @@ from .book import (  # the book's names, packed by line
     ones, ones_like, reduce_mean, reduce_sum, repeat, reshape, sigmoid, sin, sinh, stack, swapaxes,
     tanh, tensor, to, transpose, try_all_gpus, try_gpu, zeros, zeros_like,
 )
+from .cli import chapter_args
 from .compile_cache import enable_compile_cache
 from .data import DataModule, FashionMNIST, SyntheticRegressionData
 from .errors import D2LiteError
@@ -47,6 +48,6 @@ __all__ = [
     "reduce_sum", "argmax", "astype", "reduce_mean", "swapaxes", "repeat",
     # ... then d2lite's own.
     "D2LiteError", "NNXClassifier", "ProgressLine", "TrainState", "TrainingInterrupted",
-    "count_compiles", "plot_predictions",
+    "chapter_args", "count_compiles", "plot_predictions",
 ]  # fmt: skip
 BOOK = __all__[: __all__.index("D2LiteError")]

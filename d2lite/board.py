@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 
-def _in_notebook():
+def in_notebook():
     # Only a kernel can show inline images; a plain IPython terminal cannot.
     # Checking sys.modules first keeps scripts from importing IPython at all.
     if "ipykernel" not in sys.modules:
@@ -48,8 +48,8 @@ class ProgressBoard:
     """Live plot of training curves, drawn with `draw(x, y, label, every_n)` as in the book.
 
     `draw` averages every `every_n` points of a label into one (the book's `raw_points` and
-    `data`). Shows inline in a Jupyter kernel; elsewhere rewrites `save_dir/progress.{png,svg}`
-    when `save_dir` is given, and otherwise only records the points. The figure is made at
+    `data`). In a Jupyter kernel it redraws one inline image in place; with `save_dir` it
+    rewrites `save_dir/progress.{png,svg}` too; otherwise it only records the points. The figure is made at
     the first drawing: every model carries a board, and most are never drawn.
     """
 
@@ -73,6 +73,7 @@ class ProgressBoard:
         self._lines = {}
         self._dirty = set()  # labels whose Line2D lags behind `data`
         self._announced = False
+        self.display_handle = None  # the notebook output this board redraws; a new fit makes a new one
 
     def draw(self, x, y, label, every_n=1):
         points = self.raw_points.setdefault(label, [])
@@ -133,22 +134,27 @@ class ProgressBoard:
             self.fig.tight_layout()
 
     def _render(self):
-        if self.display and _in_notebook():
-            from IPython.display import Image, clear_output, display
+        if self.display and in_notebook():
+            from IPython.display import Image, display
 
             self._sync()
             # PNG bytes rather than display(fig): a bare Figure only renders inline
             # when matplotlib's inline backend happens to have registered a formatter.
+            # One output, updated in place through its display id: the progress lines
+            # printed next to it never erase it, and the last picture stays in the cell.
             buf = io.BytesIO()
             self.fig.savefig(buf, format="png")
-            display(Image(data=buf.getvalue(), format="png"))
-            clear_output(wait=True)
-        elif self.save_dir is not None:
+            image = Image(data=buf.getvalue(), format="png")
+            if self.display_handle is None:
+                self.display_handle = display(image, display_id=True)
+            else:
+                self.display_handle.update(image)
+        if self.save_dir is not None:
             self._sync()
             self.save_dir.mkdir(parents=True, exist_ok=True)
             for suffix in ("png", "svg"):
                 _atomic_savefig(self.fig, self.save_dir / f"progress.{suffix}")
-            if not self._announced:
+            if not self._announced and not in_notebook():
                 self._announced = True
                 print(f"live plot: {(self.save_dir / 'progress.png').resolve()}", flush=True)
 

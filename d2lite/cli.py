@@ -1,14 +1,15 @@
-"""The command line every chapter shares: flags, a smoke mode, runs that resume, one-line errors."""
+"""The options every chapter shares: flags in a script, defaults in a notebook, runs that resume."""
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
 
 from . import runs
-from .data import FashionMNIST
+from .board import in_notebook
 from .errors import D2LiteError
 from .precision import PRECISIONS
-from .trainer import Trainer, TrainingInterrupted
+from .trainer import fast_dev_run
 
 QUICK_BATCHES = 10  # training batches per epoch in --quick mode (2 validation batches)
 RUNS = "runs"  # where the chapters' runs go: runs/<chapter>/<date>-<time>/
@@ -76,15 +77,19 @@ def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
     parser.add_argument("--batch-size", type=positive_int, default=batch_size)
     parser.add_argument("--lr", type=positive_float, default=lr,
                         help="learning rate" + ("" if lr else " (default: the optimizer's)"))
-    parser.add_argument("--resize", type=positive_int, default=resize,
-                        help="image height and width in pixels (Fashion-MNIST is 28)")  # fmt: skip
-    parser.add_argument("--num-train", type=positive_int, default=None, metavar="N",
-                        help="train on the first N training images (default: all 60000)")  # fmt: skip
-    parser.add_argument("--num-val", type=positive_int, default=None, metavar="N",
-                        help="validate on the first N test images (default: all 10000)")  # fmt: skip
-    parser.add_argument("--data-dir", default=None,
-                        help="folder with the four Fashion-MNIST .gz files "
-                             "(default: $D2LITE_DATA, user cache, Debian package, download)")  # fmt: skip
+    if resize is not None:  # a chapter on images
+        parser.add_argument("--resize", type=positive_int, default=resize,
+                            help="image height and width in pixels (Fashion-MNIST is 28)")  # fmt: skip
+        parser.add_argument("--num-train", type=positive_int, default=None, metavar="N",
+                            help="train on the first N training images (default: all 60000)")  # fmt: skip
+        parser.add_argument("--num-val", type=positive_int, default=None, metavar="N",
+                            help="validate on the first N test images (default: all 10000)")  # fmt: skip
+        parser.add_argument("--data-dir", default=None,
+                            help="folder with the four Fashion-MNIST .gz files "
+                                 "(default: $D2LITE_DATA, user cache, Debian package, download)")  # fmt: skip
+        parser.add_argument("--predictions", action="store_true",
+                            help="after training, save predictions.png in the run directory: validation "
+                                 "images with their true and predicted labels, mistakes first")  # fmt: skip
     parser.add_argument("--out-dir", "--run-dir", dest="out_dir", metavar="DIR", default=None,
                         help="the run directory: config.json, metrics.csv, the live plot "
                              f"(progress.png/.svg), checkpoints/ (default: {RUNS}/{name}/<date>-<time>)")
@@ -94,9 +99,6 @@ def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
                              "keep the run's values")  # fmt: skip
     parser.add_argument("--keep-checkpoints", type=positive_int, default=3,
                         help="how many of the newest checkpoints to keep")  # fmt: skip
-    parser.add_argument("--predictions", action="store_true",
-                        help="after training, save predictions.png in the run directory: validation "
-                             "images with their true and predicted labels, mistakes first")  # fmt: skip
     parser.add_argument("--steps-per-dispatch", type=steps_per_dispatch, default="auto",
                         help="training steps per jitted call (helps small models); auto: 1 on a CPU, "
                              "up to 32 on GPUs")  # fmt: skip
@@ -115,40 +117,72 @@ def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
     return parser
 
 
-def train_chapter(args, model):
-    """Print the model's layer summary, fit it on Fashion-MNIST as the parsed flags say, and
-    return the Trainer."""
+def chapter_args(name, title, *, epochs, batch_size, lr, resize, options=None, smoke_resize=None):
+    """The settings of chapter `name`'s training cell, as an argparse Namespace.
+
+    In a script (`python -m chapters.NAME --flags`) they come from the command line, whose
+    `--help` lists them, and d2lite's errors then end the script with one line instead of a
+    traceback; in a notebook they are the defaults given here. `options(parser)` adds the
+    chapter's own flags. Besides the flags, the Namespace holds what the training cell passes
+    on: `data_options` for `FashionMNIST` (data folder, subsets) and `trainer_options` for
+    `Trainer` (seed, run directory, resume, precision, ...). A chapter without images
+    (`resize=None`) has no image flags and no `data_options`. Under `D2LITE_FAST_DEV_RUN` (a
+    smoke run, see `Trainer`) batches shrink to at most 16 images of `smoke_resize` pixels,
+    the smallest input the model takes, so that every chapter runs in seconds on a CPU.
+    """
+    parser = chapter_parser(name, title, epochs=epochs, batch_size=batch_size, lr=lr, resize=resize)
+    if options is not None:
+        options(parser)
+    notebook = in_notebook()
+    args = parser.parse_args([] if notebook else None)
+    if not notebook:
+        sys.excepthook = functools.partial(one_line_errors, name)
     if args.distributed:
         start_distributed()
-    model.layer_summary((1, args.resize, args.resize, 1))
     args.epochs = args.epochs or (2 if args.quick else args.default_epochs)
-    if args.quick:
+    images = resize is not None
+    if fast_dev_run():
+        args.batch_size = min(args.batch_size, 16)
+        if images:
+            args.resize = smoke_resize or args.resize
+    limits = {}
+    if args.quick and images:
         args.num_train = args.num_train or QUICK_BATCHES * args.batch_size
         args.num_val = args.num_val or 2 * args.batch_size
-    subset = {"num_train": args.num_train, "num_val": args.num_val}
-    data = FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
-                        data_dir=args.data_dir, **subset)  # fmt: skip
-    run_dir = args.out_dir or runs.new_run_dir(Path(RUNS) / args.chapter)
+    elif args.quick:
+        limits = {"limit_train_batches": QUICK_BATCHES, "limit_val_batches": 2}
+    if images:
+        args.predictions = args.predictions or notebook
+    run_dir = args.out_dir or runs.new_run_dir(Path(RUNS) / name)
     not_flags = ("resume", "out_dir", "default_epochs", "chapter")
     flags = {k: v for k, v in vars(args).items() if k not in not_flags}
-    trainer = Trainer(max_epochs=args.epochs, seed=args.seed, run_dir=None if args.resume else run_dir,
-                      resume=args.resume, keep_checkpoints=args.keep_checkpoints,
-                      run_info={"chapter": args.chapter, "args": flags},
-                      steps_per_dispatch=args.steps_per_dispatch, precision=args.precision)  # fmt: skip
-    try:
-        trainer.fit(model, data)
-    except TrainingInterrupted as stop:
-        if stop.run_dir is not None:
-            stop.resume_command = f"python -m chapters.{args.chapter} --resume {stop.run_dir}"
-        raise
-    print(f"data: {data.source}")
-    if args.predictions:
-        from .predictions import plot_predictions
+    if images:
+        args.data_options = {"data_dir": args.data_dir, "num_train": args.num_train, "num_val": args.num_val}
+    args.trainer_options = {
+        "seed": args.seed,
+        "run_dir": None if args.resume else run_dir,
+        "resume": args.resume,
+        "keep_checkpoints": args.keep_checkpoints,
+        "run_info": {"chapter": name, "args": flags},
+        "steps_per_dispatch": args.steps_per_dispatch,
+        "precision": args.precision,
+        **limits,
+    }
+    return args
 
-        path = Path(trainer.run_path) / "predictions.png"
-        plot_predictions(trainer, path=path)
-        print(f"predictions: {path}")
-    return trainer
+
+def one_line_errors(chapter, kind, error, traceback):
+    """A chapter script's `sys.excepthook`: d2lite's errors as one line, Ctrl-C with the command
+    that resumes the run."""
+    if isinstance(error, D2LiteError):
+        print(f"error: {error}", file=sys.stderr)
+    elif isinstance(error, KeyboardInterrupt):  # Python still exits with status 130
+        print(f"\n{str(error) or 'interrupted'}", file=sys.stderr)
+        run_dir = getattr(error, "run_dir", None)
+        if run_dir is not None:
+            print(f"resume with: python -m chapters.{chapter} --resume {run_dir}", file=sys.stderr)
+    else:
+        sys.__excepthook__(kind, error, traceback)
 
 
 def start_distributed():
@@ -170,18 +204,3 @@ def start_distributed():
                           "machine leave it out: all its devices are used anyway") from error  # fmt: skip
     print(f"distributed: process {jax.process_index()} of {jax.process_count()}, "
           f"{jax.device_count()} devices in all", flush=True)  # fmt: skip
-
-
-def run_main(run, argv):
-    """Call `run(argv)`; turn D2LiteError and Ctrl-C into one line and an exit status."""
-    try:
-        run(argv)
-    except D2LiteError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as stop:
-        print(f"\n{str(stop) or 'interrupted'}", file=sys.stderr)
-        if getattr(stop, "resume_command", None):
-            print(f"resume with: {stop.resume_command}", file=sys.stderr)
-        return 130
-    return 0

@@ -24,6 +24,7 @@ and a run resumes exactly (recording.py).
 import contextlib
 import itertools
 import math
+import os
 import signal
 import sys
 import threading
@@ -49,6 +50,17 @@ from .sharding import DataParallel, to_host
 
 # Off CPU, where a small model's step takes less time than Python needs to dispatch it.
 AUTO_STEPS_PER_DISPATCH = 32
+FAST_DEV_RUN = "D2LITE_FAST_DEV_RUN"
+
+
+def fast_dev_run():
+    """N when the environment asks for smoke runs (D2LITE_FAST_DEV_RUN=N, N >= 1), else None."""
+    text = os.environ.get(FAST_DEV_RUN, "").strip()
+    if text in ("", "0"):
+        return None
+    if not text.isdigit():
+        raise D2LiteError(f"{FAST_DEV_RUN} must be a number of batches, got {text!r}")
+    return int(text)
 
 
 class TrainState(train_state.TrainState):
@@ -77,7 +89,10 @@ class Trainer(RecordedRun, HyperParameters):
     per call, for small models that Python would otherwise slow down; "auto" means 1 on a
     CPU, where a step takes milliseconds or more and unrolled chunks only add compile time,
     and up to 32 (one loop) on GPUs.
-    `limit_train_batches`/`limit_val_batches` shorten epochs for smoke runs.
+    `limit_train_batches`/`limit_val_batches` shorten epochs for smoke runs. The environment
+    variable D2LITE_FAST_DEV_RUN=N (as Lightning's `fast_dev_run`) makes every fit a smoke
+    run without touching the code, a notebook's included: one epoch of at most N training
+    and N validation batches.
 
     Without `run_dir`, a fit keeps its results in memory and writes only the live plot, to
     `out_dir` (default `runs/<model class>`). With `run_dir` it is a recorded run: the plot,
@@ -92,6 +107,13 @@ class Trainer(RecordedRun, HyperParameters):
                  run_dir=None, resume=None, keep_checkpoints=3, run_info=None,
                  steps_per_dispatch="auto", limit_train_batches=None, limit_val_batches=None,
                  devices=None, precision="float32", progress=True, plot=True):  # fmt: skip
+        smoke = fast_dev_run()
+        if smoke:
+            max_epochs = 1
+            limit_train_batches = min(limit_train_batches or smoke, smoke)
+            limit_val_batches = min(limit_val_batches or smoke, smoke)
+            print(f"{FAST_DEV_RUN}={smoke}: a smoke run of 1 epoch, {limit_train_batches} training "
+                  f"and {limit_val_batches} validation batches", file=sys.stderr)
         positive_ints = {"max_epochs": max_epochs, "keep_checkpoints": keep_checkpoints}
         if steps_per_dispatch != "auto":
             positive_ints["steps_per_dispatch"] = steps_per_dispatch
@@ -164,6 +186,7 @@ class Trainer(RecordedRun, HyperParameters):
         self.board.xlim = [0, self.max_epochs]
         out_dir = self.run_path or self.out_dir or f"runs/{type(model).__name__.lower()}"
         self.board.save_dir = Path(out_dir) if self.plot else None
+        self.board.display_handle = None  # in a notebook, each fit plots in its own cell
 
     def prepare_batch(self, batch):
         """A batch as the model takes it, inside the jitted step (the data is on the device already)."""
@@ -286,6 +309,8 @@ class Trainer(RecordedRun, HyperParameters):
                                      stream=sys.stderr if self.progress else _Silent())  # fmt: skip
         try:
             resume_meta = self._open_run(resume_step)
+            if self.run_path is not None and getattr(data, "source", None):
+                print(f"data: {data.source}", flush=True)  # which copy of the files a recorded run read
             self.state = self.init_state(init_key)
             self._shuffle_key = self.parallel.replicate(shuffle_key)
             self._compile_programs()

@@ -1,6 +1,9 @@
 """Shared test fixtures: a tiny synthetic classification task and a tiny CNN."""
 import os
+import runpy
 import signal
+import sys
+import warnings
 
 # Tests compile from scratch, so compile counts and timings do not depend on earlier runs
 # (test_compile_cache.py turns the cache on in its own processes).
@@ -77,3 +80,17 @@ def ctrl_c_raises():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
+
+
+def run_chapter(name, *argv):
+    """Run `python -m chapters.NAME ARGV` in this process; return the chapter's globals
+    (`args`, `model`, `data`, `trainer`, ...). Errors propagate as exceptions: the one-line
+    messages of a real script come from the excepthook it installs, restored here."""
+    argv_before, hook_before = sys.argv, sys.excepthook
+    sys.argv = [f"chapters/{name}.py", *argv]
+    try:
+        with warnings.catch_warnings():  # runpy warns that the chapter was imported before
+            warnings.filterwarnings("ignore", "'chapters\\.", RuntimeWarning)
+            return runpy.run_module(f"chapters.{name}", run_name="__main__")
+    finally:
+        sys.argv, sys.excepthook = argv_before, hook_before

@@ -101,25 +101,39 @@ def test_save_writes_any_format(tmp_path):
     assert len(board.axes.get_lines()[0].get_xdata()) == 2
 
 
-def test_in_a_kernel_redraws_inline_instead_of_writing(tmp_path, monkeypatch, capsys):
-    shown, cleared = [], []
+def test_in_a_kernel_redraws_one_inline_image_in_place(tmp_path, monkeypatch, capsys):
+    shown, updates = [], []
+
+    class Handle:
+        def update(self, image):
+            updates.append(image)
+
+    def display(image, display_id=False):
+        assert display_id is True  # an updatable output, never one image per point
+        shown.append(image)
+        return Handle()
+
     ipython = types.ModuleType("IPython")
     ipython.get_ipython = lambda: types.SimpleNamespace(kernel=object())
-    display = types.ModuleType("IPython.display")
-    display.Image = lambda data, format: ("image", format, data)
-    display.display = shown.append
-    display.clear_output = lambda wait=False: cleared.append(wait)
+    ipython_display = types.ModuleType("IPython.display")
+    ipython_display.Image = lambda data, format: ("image", format, data)
+    ipython_display.display = display
     monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
     monkeypatch.setitem(sys.modules, "IPython", ipython)
-    monkeypatch.setitem(sys.modules, "IPython.display", display)
+    monkeypatch.setitem(sys.modules, "IPython.display", ipython_display)
 
     board = ProgressBoard(save_dir=tmp_path)
-    board.draw(0, 1.0, "loss")
-    board.draw(1, 0.5, "loss")
-    assert len(shown) == 2 and cleared == [True, True]
+    for i in range(3):
+        board.draw(i, 1.0 / (i + 1), "loss")
+    assert len(shown) == 1 and len(updates) == 2
     assert shown[0][1] == "png" and shown[0][2][:8] == PNG_SIGNATURE
-    assert list(tmp_path.iterdir()) == []
+    assert updates[-1][2][:8] == PNG_SIGNATURE and updates[-1] != shown[0]  # the picture changed
+    # The run directory gets its plot too; the path is not announced in a notebook.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["progress.png", "progress.svg"]
     assert capsys.readouterr().out == ""
+    board.display_handle = None  # what a new fit does: its plot goes into its own cell
+    board.draw(3, 0.2, "loss")
+    assert len(shown) == 2
 
 
 class FakeClock:

@@ -7,10 +7,11 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import Blobs, TinyCNN
+from conftest import Blobs, TinyCNN, run_chapter
 
 import d2lite as d2l
 from d2lite import runs
+from d2lite.cli import one_line_errors
 from d2lite.predictions import predict_validation
 
 COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_acc", "examples_per_s", "seconds", "wall_time"]
@@ -131,34 +132,42 @@ QUICK = ["--quick", "--batch-size", "16"]
 
 
 def test_chapter_ctrl_c_saves_and_resume_continues_the_latest_run(tmp_path, monkeypatch, capsys):
-    from chapters import lenet
-
     monkeypatch.chdir(tmp_path)
-    assert lenet.main(["--resume"]) == 2
-    assert "error: no run of lenet to resume in runs/lenet" in capsys.readouterr().err
+    with pytest.raises(d2l.D2LiteError, match="no run of lenet to resume in runs/lenet"):
+        run_chapter("lenet", "--resume")
 
-    plot = lenet.LeNet.plot
+    plot = d2l.LeNet.plot  # what the chapter's LeNet inherits
 
     def plot_and_press_ctrl_c(self, key, value, train):  # as step 4's loss reaches the board
         plot(self, key, value, train)
         if train and self.trainer.epoch == 0 and self.trainer.train_batch_idx == 3:
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(lenet.LeNet, "plot", plot_and_press_ctrl_c)
-    assert lenet.main(QUICK + ["--epochs", "2"]) == 130
+    monkeypatch.setattr(d2l.LeNet, "plot", plot_and_press_ctrl_c)
+    with pytest.raises(d2l.TrainingInterrupted) as stop:
+        run_chapter("lenet", *QUICK, "--epochs", "2")
     (run_dir,) = Path("runs/lenet").iterdir()
-    err = capsys.readouterr().err
-    assert f"interrupted in epoch 1 after step 6 of 10: checkpoint saved in {run_dir.absolute()}" in err
-    assert f"resume with: python -m chapters.lenet --resume {run_dir}\n" in err
+    assert f"interrupted in epoch 1 after step 6 of 10: checkpoint saved in {run_dir.absolute()}" in str(
+        stop.value
+    )
     assert json.loads((run_dir / "config.json").read_text())["args"]["batch_size"] == 16
+    # What a script prints on its way out (Python then exits with status 130).
+    one_line_errors("lenet", type(stop.value), stop.value, None)
+    assert f"resume with: python -m chapters.lenet --resume {run_dir}\n" in capsys.readouterr().err
 
-    monkeypatch.setattr(lenet.LeNet, "plot", plot)
-    assert lenet.main(["--resume", "--predictions"]) == 0  # the run's flags: --quick, batch 16, 2 epochs
+    monkeypatch.setattr(d2l.LeNet, "plot", plot)
+    chapter = run_chapter("lenet", "--resume", "--predictions")  # the run's: --quick, batch 16, 2 epochs
     out = capsys.readouterr().out
     assert f"resuming {run_dir} from checkpoint 6 at epoch 1, step 7" in out
+    assert chapter["args"].batch_size == 16 and chapter["args"].epochs == 2
     assert [r["epoch"] for r in runs.read_metrics(run_dir)] == [1, 2]
-    assert (run_dir / "predictions.png").is_file() and f"predictions: {run_dir}/predictions.png" in out
+    assert (run_dir / "predictions.png").is_file()
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["10", "20", "6"]
+
+
+def test_a_script_prints_d2lite_errors_in_one_line(capsys):
+    one_line_errors("lenet", d2l.D2LiteError, d2l.D2LiteError("no such thing"), None)
+    assert capsys.readouterr().err == "error: no such thing\n"
 
 
 def test_latest_run_is_the_one_checkpointed_last(tmp_path):

@@ -1,5 +1,6 @@
-"""The AlexNet chapter: the book's shapes, its parameter count, the smallest input, learning."""
-import math
+"""The AlexNet chapter: the book's shapes, its parameter count, the smallest input.
+
+Training runs in test_notebooks.py, the chapter as a notebook."""
 
 import pytest
 from chapter_helpers import param_count
@@ -35,14 +36,3 @@ def test_smallest_input_is_65_pixels():
     assert alexnet.AlexNet().layer_summary((1, 65, 65, 1))[-8] == ("flatten", (1, 256))
     with pytest.raises(d2l.D2LiteError, match="use a larger resize"):
         alexnet.AlexNet().layer_summary((1, 64, 64, 1))
-
-
-def test_quick_run_learns(tmp_path, capsys):
-    # The smallest input and a small batch keep this to seconds; the book's lr 0.01.
-    trainer = alexnet.run(["--quick", "--resize", "65", "--batch-size", "8", "--epochs", "3",
-                           "--out-dir", str(tmp_path)])  # fmt: skip
-    losses = [record["train_loss"] for record in trainer.history]
-    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
-    assert losses[-1] < losses[0]
-    assert trainer.model.lr == 0.01 and (tmp_path / "progress.png").is_file()
-    assert "max_pool_3x3_s2 output shape" in capsys.readouterr().out

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_chapter
 from flax import linen as nn
 
 from chapters import batchnorm
@@ -114,9 +115,10 @@ def test_layer_summary_and_parameter_count(model):
 
 
 def test_quick_training_run_with_the_scratch_layer(tmp_path, capsys):
-    trainer = batchnorm.run(["--quick", "--scratch", "--batch-size", "32", "--epochs", "3",
-                             "--out-dir", str(tmp_path)])  # fmt: skip
-    assert isinstance(trainer.model, batchnorm.BNLeNetScratch)
+    chapter = run_chapter("batchnorm", "--quick", "--scratch", "--batch-size", "32", "--epochs", "3",
+                          "--out-dir", str(tmp_path))  # fmt: skip
+    trainer = chapter["trainer"]
+    assert type(trainer.model) is chapter["BNLeNetScratch"] and trainer.model.lr == 0.1
     losses = [record["train_loss"] for record in trainer.history]
     assert len(losses) == 3 and all(np.isfinite(losses))
     assert losses[-1] < losses[0]
@@ -126,10 +128,3 @@ def test_quick_training_run_with_the_scratch_layer(tmp_path, capsys):
     assert "BatchNorm output shape:\t (1, 24, 24, 6)" in capsys.readouterr().out
 
 
-def test_the_concise_model_is_the_default():
-    def build(*argv):
-        return batchnorm.build_model(batchnorm.parser().parse_args(list(argv)))
-
-    assert type(build()) is batchnorm.BNLeNet and build().lr == 0.1
-    assert type(build("--scratch", "--lr", "0.5")) is batchnorm.BNLeNetScratch
-    assert build("--scratch", "--lr", "0.5").lr == 0.5

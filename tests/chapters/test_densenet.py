@@ -1,4 +1,6 @@
-"""The DenseNet chapter: blocks, channel widths carried across blocks, parameter count, training."""
+"""The DenseNet chapter: blocks, channel widths carried across blocks, parameter count.
+
+Training runs in test_notebooks.py, the chapter as a notebook."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,13 +59,3 @@ def test_parameter_count():
     stem = 49 * 64 + 64 + 2 * 64
     head = 2 * 248 + 248 * 10 + 10
     assert count == stem + sum(dense) + sum(transitions) + head == 758_226
-
-
-def test_quick_training_run(tmp_path, capsys):
-    trainer = densenet.run(["--quick", "--resize", "32", "--batch-size", "16",
-                            "--out-dir", str(tmp_path)])  # fmt: skip
-    losses = [record["train_loss"] for record in trainer.history]
-    assert len(losses) == 2 and all(np.isfinite(losses))
-    assert losses[-1] < losses[0]
-    assert trainer.state.batch_stats
-    assert "DenseBlock output shape" in capsys.readouterr().out

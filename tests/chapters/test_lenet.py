@@ -1,6 +1,10 @@
 """The LeNet chapter: the book's shapes, its parameter count, learning on real data, the CLI."""
+import subprocess
+import sys
+
 import jax
 import pytest
+from conftest import run_chapter
 
 import d2lite as d2l
 from chapters import lenet
@@ -34,24 +38,36 @@ def test_lenet_learns_fashion_mnist(tmp_path):
     assert trainer.history[-1]["train_loss"] < 0.7 * trainer.history[0]["train_loss"]
 
 
-def test_quick_run_through_main(tmp_path, capsys):
-    assert lenet.main(["--quick", "--out-dir", str(tmp_path)]) == 0
+def test_quick_run_of_the_chapter(tmp_path, capsys):
+    chapter = run_chapter("lenet", "--quick", "--out-dir", str(tmp_path))
+    assert chapter["args"].optimizer == "adam" and chapter["model"].lr == 0.003  # the chapter's defaults
+    assert chapter["trainer"].num_train_batches == 10 and chapter["data"].resize == (28, 28)
     assert (tmp_path / "progress.png").is_file() and (tmp_path / "progress.svg").is_file()
     captured = capsys.readouterr()
-    assert "epoch 2/2" in captured.err and "found in" in captured.out
+    assert "epoch 2/2" in captured.err and "data: found in" in captured.out
+    assert "validation accuracy:" in captured.out
+
+
+def test_the_books_optimizer_brings_the_books_learning_rate(tmp_path):
+    chapter = run_chapter("lenet", "--optimizer", "sgd", "--epochs", "1", "--num-train", "64", "--num-val",
+                          "64", "--batch-size", "64", "--out-dir", str(tmp_path))  # fmt: skip
+    assert chapter["model"].optimizer == "sgd" and chapter["model"].lr == 0.1
 
 
 def test_subset_and_precision_flags(tmp_path):
-    trainer = lenet.run(["--epochs", "1", "--num-train", "640", "--num-val", "70", "--batch-size", "64",
-                         "--precision", "bfloat16", "--out-dir", str(tmp_path)])  # fmt: skip
+    trainer = run_chapter("lenet", "--epochs", "1", "--num-train", "640", "--num-val", "70", "--batch-size",
+                          "64", "--precision", "bfloat16", "--out-dir", str(tmp_path))["trainer"]  # fmt: skip
     assert trainer.num_train_examples == 640 and trainer.num_train_batches == 10
     assert trainer.num_val_examples == 70 and trainer.precision == "bfloat16"
     assert int(trainer.state.step) == 10
 
 
-def test_too_small_resize_is_a_one_line_error(tmp_path, capsys):
-    assert lenet.main(["--quick", "--resize", "8", "--out-dir", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
+def test_a_script_reports_a_too_small_resize_in_one_line(tmp_path):
+    # A real script: its one-line errors come from the excepthook that chapter_args installs.
+    command = [sys.executable, "-m", "chapters.lenet", "--quick", "--resize", "8", "--out-dir", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    err = done.stderr.strip()
     assert err.startswith("error: LeNet cannot run on inputs of shape (1, 8, 8, 1)")
     assert "use a larger resize" in err and "\n" not in err
 
@@ -60,14 +76,14 @@ def test_too_small_resize_is_a_one_line_error(tmp_path, capsys):
                                   "--steps-per-dispatch=fast"])
 def test_bad_flags_exit_with_usage(flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        lenet.main([flag])
+        run_chapter("lenet", flag)
     assert exit_info.value.code == 2
     assert "expected a positive" in capsys.readouterr().err
 
 
 def test_help_lists_the_flags(capsys):
     with pytest.raises(SystemExit):
-        lenet.main(["--help"])
+        run_chapter("lenet", "--help")
     out = capsys.readouterr().out
     for flag in ["--epochs", "--batch-size", "--lr", "--resize", "--num-train", "--num-val", "--data-dir",
                  "--out-dir", "--precision", "--distributed", "--steps-per-dispatch", "--quick"]:

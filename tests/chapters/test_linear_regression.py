@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_chapter
 
 import d2lite as d2l
 from chapters import linear_regression as lr
@@ -22,7 +23,8 @@ def test_model_has_one_dense_unit_and_half_squared_error_loss():
 
 
 def test_learns_w_and_b(tmp_path, capsys):
-    trainer = lr.run(["--epochs", "2", "--lr", "0.1", "--out-dir", str(tmp_path)])  # 62 steps
+    trainer = run_chapter("linear_regression", "--epochs", "2", "--lr", "0.1",
+                          "--out-dir", str(tmp_path))["trainer"]  # 62 steps
     w, b = trainer.model.get_w_b(trainer.state)
     np.testing.assert_allclose(w.reshape(-1), lr.TRUE_W, atol=0.05)
     assert abs(float(b[0]) - lr.TRUE_B) < 0.05
@@ -30,15 +32,16 @@ def test_learns_w_and_b(tmp_path, capsys):
     assert "error in estimating w" in capsys.readouterr().out
 
 
-def test_quick_run_through_main(tmp_path, capsys):
-    assert lr.main(["--quick", "--out-dir", str(tmp_path)]) == 0
+def test_quick_run_and_its_run_directory(tmp_path, capsys):
+    trainer = run_chapter("linear_regression", "--quick", "--out-dir", str(tmp_path))["trainer"]
+    assert trainer.num_train_batches == 10 and len(trainer.history) == 2
     out = capsys.readouterr().out
     assert "error in estimating w" in out and "error in estimating b" in out
-    assert (tmp_path / "progress.png").is_file()
+    assert (tmp_path / "progress.png").is_file() and (tmp_path / "metrics.csv").is_file()
 
 
 def test_bad_flag_exits_with_usage(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        lr.main(["--lr", "-1"])
+        run_chapter("linear_regression", "--lr", "-1")
     assert exit_info.value.code == 2
     assert "expected a positive" in capsys.readouterr().err

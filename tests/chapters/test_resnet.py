@@ -1,8 +1,11 @@
-"""The ResNet chapter: the book's blocks and shapes, the paper's family and its counts, training.
+"""The ResNet chapter: the book's blocks and shapes, the paper's family and its counts.
+
+Training runs in test_notebooks.py, the chapter as a notebook.
 
 Shapes and counts come from `jax.eval_shape` (tracing only: no weights drawn, nothing
 compiled); the few checks of values run small modules under one `jax.jit` each.
 """
+import argparse
 from types import SimpleNamespace
 
 import jax
@@ -118,20 +121,13 @@ def test_preact_and_bfloat16_training_mode_gives_finite_float_logits():
 
 def test_the_command_line_selects_the_family_member():
     def build(*argv):
-        return resnet.build_model(resnet.parser().parse_args(list(argv)))
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--lr", type=float, default=0.01)
+        resnet.options(parser)
+        return resnet.build_model(parser.parse_args(argv))
 
     assert type(build()) is resnet.ResNet18 and build().lr == 0.01
     model = build("--depth", "50", "--preact", "--dtype", "bfloat16")
     assert model.block_cls is resnet.BottleneckBlock and model.preact and model.dtype == jnp.bfloat16
     assert model.arch == resnet.stages(3, 4, 6, 3)
     assert build("--preact").arch == resnet.stages(2, 2, 2, 2)
-
-
-def test_quick_training_run(tmp_path, capsys):
-    trainer = resnet.run(["--quick", "--resize", "32", "--batch-size", "16", "--out-dir", str(tmp_path)])
-    assert isinstance(trainer.model, resnet.ResNet18)
-    losses = [record["train_loss"] for record in trainer.history]
-    assert len(losses) == 2 and all(np.isfinite(losses))
-    assert losses[-1] < losses[0]
-    assert trainer.state.batch_stats
-    assert "Sequential output shape:\t (1, 1, 1, 512)" in capsys.readouterr().out

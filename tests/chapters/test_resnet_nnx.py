@@ -1,4 +1,4 @@
-"""The NNX ResNet chapter: shapes, parameter counts, both modes, training through the Trainer."""
+"""The NNX ResNet chapter: shapes, parameter counts, both modes; training: test_notebooks.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,12 +43,3 @@ def test_training_and_evaluation_modes_differ_only_through_batchnorm():
     before, after = variables["batch_stats"], updates["batch_stats"]
     assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after),
                                                        strict=True))
-
-
-def test_quick_training_through_the_shared_trainer(tmp_path):
-    trainer = resnet_nnx.run(["--quick", "--resize", "32", "--batch-size", "16", "--width", "16",
-                              "--out-dir", str(tmp_path)])  # fmt: skip
-    losses = [record["train_loss"] for record in trainer.history]
-    assert len(losses) == 2 and all(np.isfinite(losses))
-    assert losses[-1] < losses[0]
-    assert trainer.state.batch_stats  # NNX BatchNorm statistics live in the Trainer's state
