@@ -52,7 +52,8 @@ $(LAB_INSTALLED): pyproject.toml $(INSTALLED)
 	$(PY) -m pip install -q -e '.[dev,lab]'
 	@touch $@
 
-lab: $(LAB_INSTALLED) notebooks data
+lab: $(LAB_INSTALLED) data
+	$(PY) tools/notebooks.py
 	$(VENV)/bin/jupyter lab notebooks $(ARGS)
 
 # The main job: ResNet-18 on Fashion-MNIST 96x96 (D2L 8.6), 10 epochs, batch 128.
