@@ -11,9 +11,10 @@ Each (model, method) runs in its own process, so each peak memory is its own. Me
 - book:    the loop of the book's JAX Trainer: jit around the loss and gradients only, the
            optimizer update and BatchNorm bookkeeping outside jit, batches resized on the
            host, and a host sync per step for plotting.
-- torch:   a PyTorch eager loop with the same architecture (if torch is installed:
-           `pip install torch==2.13.0`, or `make bench`).
+- torch:   a PyTorch eager loop with the same architecture, on the CPU, with whichever
+           torch is installed (`make bench` installs one where it can).
 Times are medians over steps after warm-up; ratios compare methods measured in this run.
+The table is also written as JSON (`--json PATH`, default runs/bench/<date>-<time>.json).
 The persistent compilation cache is off here, so compile times are real compilations.
 """
 import argparse
@@ -25,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 BATCH = 128
 MODELS = {"lenet": 28, "resnet18": 96}
@@ -284,15 +286,18 @@ def main(argv=None):
                         help="timed steps per method (default: 60 for LeNet, 10 for ResNet-18)")  # fmt: skip
     parser.add_argument("--steps-per-dispatch", type=int, default=None,
                         help="d2lite steps per jitted call (default: 20 LeNet, 1 ResNet-18)")  # fmt: skip
+    parser.add_argument("--json", metavar="PATH", default=None,
+                        help="also write the results there (default: runs/bench/<date>-<time>.json)")
     parser.add_argument("--child", dest="method", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.method:
         return child(args)
 
     print(machine())
+    report = {"machine": machine(), "batch_size": BATCH, "results": {}}
     methods = ["pure", "d2lite", "bf16", "book"] + (["torch"] if torch_available() else [])
     if "torch" not in methods:
-        print("(PyTorch is not installed: `pip install torch==2.13.0` adds the torch column)")
+        print("(PyTorch is not installed here: `pip install torch` adds the torch rows)")
     header = (f"{'model':9} {'method':7} {'step ms':>9} {'ex/s':>8} {'d2lite/x':>9} "
               f"{'compile s':>9} {'compiles':>8} {'after ep1':>9} {'peak MB':>8}")  # fmt: skip
     print(header)
@@ -300,6 +305,7 @@ def main(argv=None):
         steps = args.steps or (60 if model == "lenet" else 10)
         per_dispatch = args.steps_per_dispatch or (20 if model == "lenet" else 1)
         results = {m: measure(model, m, steps, per_dispatch) for m in methods}
+        report["results"][model] = {"image_size": MODELS[model], "steps": steps, **results}
         ours = results["d2lite"].get("step_s")
         for method, r in results.items():
             if "error" in r:
@@ -313,6 +319,10 @@ def main(argv=None):
             overhead = ours / results["pure"]["step_s"]
             print(f"{model:9} framework overhead (d2lite fit step / pure step): {overhead:.3f}")
     print("d2lite/x: d2lite's examples/s divided by that method's (above 1: d2lite is faster)")
+    path = Path(args.json or f"runs/bench/{time.strftime('%Y%m%d-%H%M%S')}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"results: {path}")
     return 0
 
 

@@ -65,16 +65,22 @@ class ChapterParser(argparse.ArgumentParser):
         return parsed, extras
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each default once: not for flags whose help already gives it, nor for None or off."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or "") or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
-    parser = ChapterParser(
-        prog=f"python -m chapters.{name}",
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = ChapterParser(prog=f"python -m chapters.{name}", description=description,
+                           formatter_class=HelpFormatter)  # fmt: skip
     parser.add_argument("--epochs", type=positive_int, default=None,
                         help=f"training epochs (default: {epochs}, or 2 with --quick)")
     parser.set_defaults(default_epochs=epochs, chapter=name)
-    parser.add_argument("--batch-size", type=positive_int, default=batch_size)
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size, help="examples per step")
     parser.add_argument("--lr", type=positive_float, default=lr,
                         help="learning rate" + ("" if lr else " (default: the optimizer's)"))
     if resize is not None:  # a chapter on images
@@ -110,10 +116,11 @@ def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
                              "Open MPI and TPU pods are detected; else set JAX_COORDINATOR_ADDRESS "
                              "(host:port), JAX_NUM_PROCESSES and JAX_PROCESS_ID); each batch is split "
                              "over all devices")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the weights, the order and dropout")
+    overrides = "--epochs, --num-train or --num-val say" if resize else "--epochs says"
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {QUICK_BATCHES} batches per epoch, 2 epochs, 2 validation batches, "
-                             "unless --epochs, --num-train or --num-val say otherwise")  # fmt: skip
+                             f"unless {overrides} otherwise")  # fmt: skip
     return parser
 
 

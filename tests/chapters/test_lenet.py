@@ -88,3 +88,6 @@ def test_help_lists_the_flags(capsys):
     for flag in ["--epochs", "--batch-size", "--lr", "--resize", "--num-train", "--num-val", "--data-dir",
                  "--out-dir", "--precision", "--distributed", "--steps-per-dispatch", "--quick"]:
         assert flag in out
+    assert "(default: None)" not in out and "(default: False)" not in out
+    assert "(default: 10, or 2 with --quick)" in " ".join(out.split()) and out.count("default: 10") == 1
+    assert "(default: 128)" in out and "(default: adam)" in out
