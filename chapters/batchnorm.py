@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 import d2lite as d2l
+from d2lite import book
 
 # %% [markdown]
 # ## The layer from scratch
@@ -96,7 +97,9 @@ class BatchNorm(nn.Module):
 #
 # `BNLeNetScratch` puts the scratch layer after each convolution and hidden dense layer of
 # LeNet, before the sigmoid; `BNLeNet` is the same network with Flax's `nn.BatchNorm`, the
-# chapter's default (`--scratch` trains the other). One more departure from the book's JAX
+# chapter's default (`--scratch` trains the other). Both keep their running statistics with
+# momentum 0.9, d2lite's one rule (`d2lite.book.BN_MOMENTUM`); the book's JAX code leaves
+# Flax's 0.99 here. One more departure from the book's JAX
 # code: the convolutions are unpadded (5x5 'VALID': 28 -> 24 -> 12 -> 8 -> 4) as in the book's
 # PyTorch, MXNet and TensorFlow tabs; the JAX tab inherits Flax's default 'SAME' padding and
 # so feeds 784 features, not 256, to the first dense layer.
@@ -133,7 +136,7 @@ class BNLeNetScratch(d2l.Classifier):
 
 
 class BNLeNet(d2l.Classifier):
-    """The same network with Flax's BatchNorm (momentum 0.99, its default, as in the book)."""
+    """The same network with Flax's BatchNorm at d2lite's one momentum, 0.9 (`d2lite.book.BatchNorm`)."""
 
     lr: float = 0.1
     num_classes: int = 10
@@ -142,19 +145,19 @@ class BNLeNet(d2l.Classifier):
     def setup(self):
         self.net = nn.Sequential([
             nn.Conv(6, kernel_size=(5, 5), padding="VALID"),
-            nn.BatchNorm(not self.training),
+            book.BatchNorm(not self.training),
             nn.sigmoid,
             lambda x: nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2)),
             nn.Conv(16, kernel_size=(5, 5), padding="VALID"),
-            nn.BatchNorm(not self.training),
+            book.BatchNorm(not self.training),
             nn.sigmoid,
             lambda x: nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2)),
             lambda x: x.reshape((x.shape[0], -1)),  # flatten
             nn.Dense(120),
-            nn.BatchNorm(not self.training),
+            book.BatchNorm(not self.training),
             nn.sigmoid,
             nn.Dense(84),
-            nn.BatchNorm(not self.training),
+            book.BatchNorm(not self.training),
             nn.sigmoid,
             nn.Dense(self.num_classes),
         ])  # fmt: skip

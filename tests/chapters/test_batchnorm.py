@@ -128,3 +128,13 @@ def test_quick_training_run_with_the_scratch_layer(tmp_path, capsys):
     assert "BatchNorm output shape:\t (1, 24, 24, 6)" in capsys.readouterr().out
 
 
+
+
+def test_bn_lenet_keeps_its_running_statistics_with_momentum_0_9():
+    model = batchnorm.BNLeNet()
+    X = jnp.asarray(np.random.default_rng(0).uniform(size=(8, 28, 28, 1)), jnp.float32)
+    variables = model.init(jax.random.PRNGKey(0), X)
+    _, state = model.apply(variables, X, capture_intermediates=True, mutable=["batch_stats", "intermediates"])
+    (conv_out,) = state["intermediates"]["net"]["layers_0"]["__call__"]
+    moving_mean = state["batch_stats"]["net"]["layers_1"]["mean"]  # started at 0
+    np.testing.assert_allclose(moving_mean, (1 - 0.9) * conv_out.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-7)
