@@ -37,7 +37,7 @@ def flax_model(name):
     if name == "lenet":
         from chapters.lenet import LeNet
 
-        return LeNet()
+        return LeNet(lr=0.003, optimizer="adam")  # as the PyTorch peer trains it
     from chapters.resnet import ResNet18
 
     return ResNet18(lr=0.01)

@@ -29,13 +29,12 @@ def chapter_models():
         resnet,
         resnet_nnx,  # fmt: skip
         resnext,
-        softmax_regression,
         vgg,
     )
 
     return {  # name: (model, resolution, batch, batches per epoch)
-        "softmax_regression": (softmax_regression.SoftmaxRegression(), 28, 256, 20),
-        "lenet": (lenet.LeNet(), 28, 128, 20),
+        "softmax_regression": (d2l.SoftmaxRegression(num_outputs=10, lr=0.1), 28, 256, 20),
+        "lenet": (lenet.LeNet(lr=0.003, optimizer="adam"), 28, 128, 20),
         "alexnet": (alexnet.AlexNet(), 224, 128, 2),
         "vgg": (vgg.VGG(arch=vgg.SMALL_VGG11_ARCH), 224, 128, 2),
         "nin": (nin.NiN(), 224, 128, 2),

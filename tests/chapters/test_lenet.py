@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 from conftest import run_chapter
 
@@ -32,7 +33,7 @@ def test_lenet_learns_fashion_mnist(tmp_path):
     data = d2l.FashionMNIST(batch_size=128, num_train=128 * 50, num_val=1000)
     trainer = d2l.Trainer(max_epochs=2, out_dir=str(tmp_path), progress=False,
                           steps_per_dispatch=10)  # fmt: skip
-    trainer.fit(lenet.LeNet(), data)  # the chapter's defaults, 100 steps
+    trainer.fit(lenet.LeNet(lr=0.003, optimizer="adam"), data)  # the chapter's recipe, 100 steps
     assert trainer.num_val_examples == 1000
     assert trainer.history[-1]["val_acc"] > 0.5  # chance is 0.10
     assert trainer.history[-1]["train_loss"] < 0.7 * trainer.history[0]["train_loss"]
@@ -46,6 +47,7 @@ def test_quick_run_of_the_chapter(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "epoch 2/2" in captured.err and "data: found in" in captured.out
     assert "validation accuracy:" in captured.out
+    assert "training with Adam at lr 0.003, not the book's SGD at 0.1" in captured.out
 
 
 def test_the_books_optimizer_brings_the_books_learning_rate(tmp_path):
@@ -91,3 +93,12 @@ def test_help_lists_the_flags(capsys):
     assert "(default: None)" not in out and "(default: False)" not in out
     assert "(default: 10, or 2 with --quick)" in " ".join(out.split()) and out.count("default: 10") == 1
     assert "(default: 128)" in out and "(default: adam)" in out
+
+
+def test_the_class_trains_as_the_books_does():
+    model = lenet.LeNet()
+    assert model.lr == 0.1 and model.optimizer == "sgd"
+    tx = model.configure_optimizers()
+    grads = {"w": jax.numpy.array([1.0, -2.0])}
+    updates, _ = tx.update(grads, tx.init(grads))
+    np.testing.assert_allclose(updates["w"], [-0.1, 0.2])  # plain SGD at 0.1: no momentum, no scaling
