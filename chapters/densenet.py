@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 import d2lite as d2l
+from chapters.nin import global_avg_pool
 from d2lite.book import BatchNorm
 
 # %% [markdown]
@@ -89,8 +90,8 @@ def transition_block(num_channels, training=True):
 #   The book's JAX `create_net` recomputes `self.num_channels + num_convs * growth_rate` for
 #   every block instead, so each of its transitions outputs 96 channels whatever came in
 #   (and its last block ends at 224).
-# - The head averages over the whole feature map with `jnp.mean` (a true global pool) instead
-#   of an average pool whose window is read off the input shape.
+# - The head averages over the whole feature map with NiN's `global_avg_pool` (a true global
+#   pool) instead of an average pool whose window is read off the input shape.
 # - `conv_block` and `transition_block` are functions returning `nn.Sequential`, like the
 #   book's PyTorch helpers, rather than the JAX tab's `ConvBlock`/`TransitionBlock` classes;
 #   the layers are the same.
@@ -128,7 +129,7 @@ class DenseNet(d2l.Classifier):
         layers += [
             BatchNorm(not self.training),
             nn.relu,
-            lambda x: jnp.mean(x, axis=(1, 2)),  # global average pool, at any input size
+            global_avg_pool,
             nn.Dense(self.num_classes),
         ]
         self.net = nn.Sequential(layers)

@@ -12,10 +12,10 @@
 
 
 # %%
-import jax.numpy as jnp
 from flax import linen as nn
 
 import d2lite as d2l
+from chapters.nin import global_avg_pool
 from d2lite.book import BatchNorm
 
 # %% [markdown]
@@ -31,8 +31,8 @@ from d2lite.book import BatchNorm
 # The blocks are the book's `d2l.ResNeXtBlock`, from d2lite, whose `groups` argument is, as in
 # the book's code, the width of each group: RegNet's group width 16 is passed as it is (2
 # groups in the first stage, 5 in the second). One departure from the book's JAX code: the
-# head averages over the whole feature map with `jnp.mean` (a true global pool) instead of an
-# average pool whose window is read off the input shape.
+# head averages over the whole feature map with NiN's `global_avg_pool` (a true global pool)
+# instead of an average pool whose window is read off the input shape.
 
 
 # %%
@@ -64,7 +64,7 @@ class AnyNet(d2l.Classifier):
 
     def head(self):
         """Global average pool, at any input size, then the dense classifier."""
-        return nn.Sequential([lambda x: jnp.mean(x, axis=(1, 2)), nn.Dense(self.num_classes)])
+        return nn.Sequential([global_avg_pool, nn.Dense(self.num_classes)])
 
     def setup(self):
         if not self.arch:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 import d2lite as d2l
+from chapters.nin import global_avg_pool
 from d2lite.book import BatchNorm, changes_shape
 
 # %% [markdown]
@@ -30,17 +31,12 @@ from d2lite.book import BatchNorm, changes_shape
 # momentum 0.9). `ResNet` is the book's template: a 7x7 stem, four stages of residual blocks,
 # a global average pool and a dense layer; `ResNet18` is the book's instance of it.
 #
-# One departure from the book's JAX code: the head averages over the whole feature map with
-# `jnp.mean` (a true global pool, at any input size) instead of an average pool whose window is
-# read off the input shape.
+# One departure from the book's JAX code: the head is NiN's `global_avg_pool`, a mean over the
+# whole feature map (a true global pool, at any input size), instead of an average pool whose
+# window is read off the input shape.
 
 
 # %%
-def global_avg_pool(X):
-    """(B, H, W, C) -> (B, C): the mean over the whole feature map, at any input size."""
-    return jnp.mean(X, axis=(1, 2))
-
-
 class ResNet(d2l.Classifier, kw_only=True):
     """The ResNet template: stem `b1`, one stage per `(num_residuals, num_channels)` in `arch`, head.
 

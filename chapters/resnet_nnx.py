@@ -14,11 +14,11 @@
 # %%
 from functools import partial
 
-import jax.numpy as jnp
 from flax import nnx
 from flax.core import FrozenDict
 
 import d2lite as d2l
+from chapters.nin import global_avg_pool
 from d2lite.book import BN_MOMENTUM
 from d2lite.nnx_adapter import NNXClassifier
 
@@ -120,7 +120,7 @@ class Head(nnx.Module):
         self.fc = nnx.Linear(in_features, num_classes, rngs=rngs)
 
     def __call__(self, x, *, train):
-        return self.fc(jnp.mean(x, axis=(1, 2)))
+        return self.fc(global_avg_pool(x))
 
 
 class ResNet(nnx.Module):

@@ -40,7 +40,7 @@ from chapters.resnet import ResNet
 # convolutions 7 to 50 times slower, and this network's step would take 17 s at batch 32
 # instead of 1.1 s. Departures from the book's JAX code: the shortcut gets its 1x1 convolution
 # and BatchNorm whenever the block's stride or channel count changes the shape, not only when
-# `use_1x1conv=True`; the head is `chapters.resnet`'s global average pool (`jnp.mean`).
+# `use_1x1conv=True`; the head is NiN's `global_avg_pool`, as in ResNet.
 
 
 # %%

@@ -8,16 +8,16 @@ D2LITE_COMPILE_CACHE=0 turns the cache off. It must be set before the first comp
 so `import d2lite` sets it.
 """
 import os
-from pathlib import Path
 
 import jax
+
+from .utils import user_cache
 
 OFF = ("0", "false", "off", "no")
 
 
 def default_cache_dir():
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "d2lite" / "jax"
+    return user_cache("jax")
 
 
 def enable_compile_cache():

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import D2LiteError
+from .utils import user_cache
 
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -48,8 +49,7 @@ HOW_TO_GET_DATA = (
 
 
 def user_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "d2lite" / "fashion-mnist"
+    return user_cache("fashion-mnist")
 
 
 def _candidates(data_dir=None) -> list[tuple[Path, str]]:

@@ -1,7 +1,15 @@
-"""A compilation counter, for tests and benchmarks."""
+"""Small helpers: d2lite's user cache folder, and a compilation counter for tests and benchmarks."""
 import contextlib
+import os
+from pathlib import Path
 
 import jax
+
+
+def user_cache(name):
+    """The folder `name` in d2lite's user cache: ~/.cache/d2lite/NAME ($XDG_CACHE_HOME honoured)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "d2lite" / name
+
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _compiles = 0

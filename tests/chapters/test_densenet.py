@@ -19,7 +19,8 @@ SHAPES = [
     ("DenseBlock", (1, 12, 12, 224)), ("Sequential", (1, 6, 6, 112)),
     ("DenseBlock", (1, 6, 6, 240)), ("Sequential", (1, 3, 3, 120)),
     ("DenseBlock", (1, 3, 3, 248)),
-    ("BatchNorm", (1, 3, 3, 248)), ("relu", (1, 3, 3, 248)), ("lambda", (1, 248)), ("Dense", (1, 10)),
+    ("BatchNorm", (1, 3, 3, 248)), ("relu", (1, 3, 3, 248)), ("global_avg_pool", (1, 248)),
+    ("Dense", (1, 10)),
 ]  # fmt: skip
 
 
@@ -38,7 +39,7 @@ def test_layer_summary_carries_the_channels_across_blocks():
     assert summary == SHAPES
     transitions = [shape[-1] for name, shape in summary if name == "Sequential"]
     assert transitions == [96, 112, 120]  # the book's JAX code gives 96, 96, 96
-    assert summary[-2] == ("lambda", (1, 248))  # the features the classifier sees (book's JAX: 224)
+    assert summary[-2] == ("global_avg_pool", (1, 248))  # the features the classifier sees (book's JAX: 224)
 
 
 def test_transition_and_head_weights_have_the_carried_widths():
