@@ -103,8 +103,10 @@ class ResNet18(ResNet):
 # input channels and 1000 classes they have the published (torchvision) parameter counts:
 # 11,689,512 for ResNet-18 and 25,557,032 for ResNet-50. The family also offers the
 # pre-activation blocks of He et al.'s follow-up paper (BatchNorm-ReLU-conv, `--preact`; the
-# book's exercise) and a compute dtype (`--dtype bfloat16`: bfloat16 activations with float32
-# parameters and BatchNorm statistics; `Classifier.loss` already takes the loss in float32).
+# book's exercise) and a compute `dtype` field (`jnp.bfloat16`: bfloat16 activations with
+# float32 parameters and BatchNorm statistics; `Classifier.loss` already takes the loss in
+# float32). From the command line, `--precision bfloat16` (every chapter's flag) computes any
+# model, the book's ResNet18 included, in bfloat16 around float32 state.
 #
 # The family (not the book's `ResNet18`) follows torchvision's ResNet v1.5, whose counts are
 # the published ones: convolutions without bias (a BatchNorm follows each), a BatchNorm after
@@ -224,7 +226,6 @@ resnet101 = partial(ResNetFamily, arch=stages(3, 4, 23, 3), block_cls=Bottleneck
 resnet152 = partial(ResNetFamily, arch=stages(3, 8, 36, 3), block_cls=BottleneckBlock)
 resnet200 = partial(ResNetFamily, arch=stages(3, 24, 36, 3), block_cls=BottleneckBlock)
 RESNETS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101, 152: resnet152, 200: resnet200}
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def options(parser):
@@ -234,16 +235,13 @@ def options(parser):
     parser.add_argument("--preact", action="store_true",
                         help="pre-activation blocks (BatchNorm-ReLU-conv), in the family (depth 18 by "
                              "default)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                        help="compute dtype of the family (parameters stay float32); bfloat16 implies the "
-                             "family, depth 18 by default")
 
 
 def build_model(args):
-    """The book's ResNet18, or a member of the family when --depth, --preact or --dtype ask for one."""
-    if args.depth is None and not args.preact and args.dtype == "float32":
+    """The book's ResNet18, or a member of the family when --depth or --preact ask for one."""
+    if args.depth is None and not args.preact:
         return ResNet18(lr=args.lr)
-    return RESNETS[args.depth or 18](lr=args.lr, preact=args.preact, dtype=DTYPES[args.dtype])
+    return RESNETS[args.depth or 18](lr=args.lr, preact=args.preact)
 
 
 # %% [markdown]

@@ -127,7 +127,7 @@ def test_the_command_line_selects_the_family_member():
         return resnet.build_model(parser.parse_args(argv))
 
     assert type(build()) is resnet.ResNet18 and build().lr == 0.01
-    model = build("--depth", "50", "--preact", "--dtype", "bfloat16")
-    assert model.block_cls is resnet.BottleneckBlock and model.preact and model.dtype == jnp.bfloat16
+    model = build("--depth", "50", "--preact")
+    assert model.block_cls is resnet.BottleneckBlock and model.preact and model.dtype == jnp.float32
     assert model.arch == resnet.stages(3, 4, 6, 3)
     assert build("--preact").arch == resnet.stages(2, 2, 2, 2)
