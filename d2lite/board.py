@@ -6,14 +6,14 @@ The board and the Trainer never touch pyplot: scripts open no windows.
 """
 
 import io
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from .runs import write_atomic
 
 
 def in_notebook():
@@ -31,17 +31,8 @@ def in_notebook():
 
 def _atomic_savefig(fig, path):
     """Write the figure so that a viewer polling `path` never sees a half-written file."""
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the plot from other users and servers
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    write_atomic(path, lambda f: fig.savefig(f, format=fmt))
 
 
 class ProgressBoard:

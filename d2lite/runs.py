@@ -138,15 +138,18 @@ def mismatches(saved, current):
 
 
 # ----------------------------------------------------------------------------- the files
-def write_atomic(path, text):
-    """Replace `path` with `text` so that a reader or a crash never sees half a file."""
+def write_atomic(path, content):
+    """Replace `path` with `content` so that a reader or a crash never sees half a file.
+
+    `content` is text, or a function that writes the file given a binary file object.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     try:
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the results from other users
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            content(f) if callable(content) else f.write(content.encode())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
