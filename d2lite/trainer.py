@@ -71,7 +71,8 @@ class TrainState(train_state.TrainState):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped `fit` between two steps; `checkpoint` is where the state was saved."""
+    """Ctrl-C (or SIGTERM, SIGUSR1) stopped `fit` between two steps; `checkpoint` is where the
+    state was saved."""
 
     def __init__(self, message, checkpoint=None, run_dir=None):
         super().__init__(message)
@@ -99,8 +100,8 @@ class Trainer(RecordedRun, HyperParameters):
     config.json, metrics.csv and a checkpoint after every epoch (the newest
     `keep_checkpoints` kept) all go there. `resume=True` continues the run in `run_dir`
     from its latest checkpoint; `resume=PATH` continues the run directory PATH, or from the
-    checkpoint PATH (`RUN/checkpoints/STEP`). Ctrl-C stops between two steps, saves a
-    checkpoint when there is a run directory, and raises `TrainingInterrupted`.
+    checkpoint PATH (`RUN/checkpoints/STEP`). Ctrl-C, SIGTERM or SIGUSR1 stops between two
+    steps, saves a checkpoint when there is a run directory, and raises `TrainingInterrupted`.
     """
 
     def __init__(self, max_epochs, num_gpus=0, gradient_clip_val=0, *, seed=0, out_dir=None,
@@ -319,7 +320,7 @@ class Trainer(RecordedRun, HyperParameters):
             elif self.checkpoints is not None:
                 self._write_config()
             self._session_started = time.perf_counter()
-            with self._stop_on_ctrl_c():
+            with self._stop_on_signals():
                 for epoch in range(self.epoch, self.max_epochs):
                     self.epoch = epoch
                     self.fit_epoch()
@@ -344,7 +345,7 @@ class Trainer(RecordedRun, HyperParameters):
         first = finished = len(losses)  # `finished`: steps known to be done
         unread = []  # the outputs of dispatched chunks, still on the device
         for start in range(first, self.num_train_batches, self.dispatch_steps):
-            if self._stop_requested:  # Ctrl-C: stop here, between two steps
+            if self._stop_requested:  # Ctrl-C or SIGTERM: stop here, between two steps
                 self._read(unread, losses)
                 seconds = seconds_before + time.perf_counter() - started
                 checkpoint = self._save_checkpoint((losses, seconds))
@@ -409,32 +410,44 @@ class Trainer(RecordedRun, HyperParameters):
         )
 
     @contextlib.contextmanager
-    def _stop_on_ctrl_c(self):
-        """The first Ctrl-C asks the loop to stop at the next step boundary; a second one, now.
+    def _stop_on_signals(self):
+        """Ctrl-C, SIGTERM and SIGUSR1 ask the loop to stop at the next step boundary.
 
         Stopping between dispatches (never inside one, where the donated state could be lost)
-        leaves `self.state` consistent, and with a run directory lets us save it.
+        leaves `self.state` consistent, and with a run directory lets us save it. SIGTERM is
+        how `timeout`, Colab and Slurm stop a job (Slurm can send SIGUSR1 ahead of its time
+        limit). A second Ctrl-C stops at once; a repeated SIGTERM or SIGUSR1 is ignored, since
+        `timeout` signals the whole process group and `make` passes it on again, and neither
+        may cut the checkpoint short.
         """
         self._stop_requested = False
-        previous = signal.getsignal(signal.SIGINT)
-        if threading.current_thread() is not threading.main_thread() or previous is signal.SIG_IGN:
+        if threading.current_thread() is not threading.main_thread():
             yield
             return
-        if previous is None:  # a handler installed outside Python: fall back to Python's own
-            previous = signal.default_int_handler
+        names = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+        if hasattr(signal, "SIGUSR1"):
+            names[signal.SIGUSR1] = "SIGUSR1"
+        previous = {s: signal.getsignal(s) for s in names}
+        handled = [s for s in names if previous[s] is not signal.SIG_IGN]
 
         def request_stop(signum, frame):
+            if signum == signal.SIGINT:  # the next Ctrl-C goes to the previous handler: at once
+                signal.signal(signal.SIGINT, previous[signal.SIGINT] or signal.default_int_handler)
+            if self._stop_requested:
+                return
             self._stop_requested = True
-            signal.signal(signal.SIGINT, previous)
             saving = " and saving a checkpoint" if self.checkpoints is not None else ""
-            print(f"\nCtrl-C: stopping after the current step{saving} (Ctrl-C again to stop at once)",
+            again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
+            print(f"\n{names[signum]}: stopping after the current step{saving}{again}",
                   file=sys.stderr, flush=True)  # fmt: skip
 
-        signal.signal(signal.SIGINT, request_stop)
+        for s in handled:
+            signal.signal(s, request_stop)
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s in handled:  # None: a handler installed outside Python, which Python cannot restore
+                signal.signal(s, previous[s] if previous[s] is not None else signal.SIG_DFL)
 
     def _interrupted(self, where, checkpoint):
         if checkpoint is not None:

@@ -2,6 +2,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -163,6 +165,35 @@ def test_chapter_ctrl_c_saves_and_resume_continues_the_latest_run(tmp_path, monk
     assert [r["epoch"] for r in runs.read_metrics(run_dir)] == [1, 2]
     assert (run_dir / "predictions.png").is_file()
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["10", "20", "6"]
+
+
+def test_sigterm_mid_epoch_saves_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    # 300 steps of batch 16 in one epoch; the live plot's first drawing comes after step 150.
+    flags = ["--epochs", "1", "--num-train", "4800", "--num-val", "64", "--batch-size", "16"]
+    stopped, whole = tmp_path / "stopped", tmp_path / "whole"
+    lenet = [sys.executable, "-m", "chapters.lenet", *flags]
+    output = []
+    with subprocess.Popen([*lenet, "--out-dir", str(stopped)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as child:  # fmt: skip
+        for line in child.stdout:
+            output.append(line)
+            if line.startswith("live plot:"):  # mid-epoch: signal as `timeout` does
+                child.send_signal(signal.SIGTERM)
+            if line.startswith("SIGTERM: stopping"):  # and again while the checkpoint is written
+                child.send_signal(signal.SIGTERM)
+    assert child.returncode != 0
+    text = "".join(output)
+    assert "SIGTERM: stopping after the current step and saving a checkpoint" in text
+    assert f"resume with: python -m chapters.lenet --resume {stopped}" in text
+    (step,) = [int(p.name) for p in (stopped / "checkpoints").iterdir()]
+    assert 150 <= step < 300  # stopped within the epoch, its checkpoint intact
+    subprocess.run([*lenet, "--resume", str(stopped)], check=True, capture_output=True, timeout=300)
+    subprocess.run([*lenet, "--out-dir", str(whole)], check=True, capture_output=True, timeout=300)
+    def metrics(run_dir):
+        return [{k: r[k] for k in ("epoch", "step", "train_loss", "val_loss", "val_acc")}
+                for r in runs.read_metrics(run_dir)]  # fmt: skip
+
+    assert metrics(stopped) == metrics(whole) and len(metrics(whole)) == 1
 
 
 def test_a_script_prints_d2lite_errors_in_one_line(capsys):
