@@ -53,10 +53,14 @@ def user_cache_dir() -> Path:
 
 
 def _candidates(data_dir=None) -> list[tuple[Path, str]]:
-    """The search path, each folder with the words that tell the user where the data came from."""
-    found = []
+    """The search path, each folder with the words that tell the user where the data came from.
+
+    An explicit `data_dir` is the only place: a run told where its data is never trains on
+    another copy.
+    """
     if data_dir is not None:
-        found.append((Path(data_dir).expanduser(), "data_dir"))
+        return [(Path(data_dir).expanduser(), "data_dir")]
+    found = []
     if os.environ.get("D2LITE_DATA"):
         found.append((Path(os.environ["D2LITE_DATA"]).expanduser(), "$D2LITE_DATA"))
     found.append((user_cache_dir(), "user cache"))
@@ -208,7 +212,13 @@ def fetch(data_dir=None, *, base_url=None, checksums=None) -> tuple[Path, str]:
     # The first candidate is data_dir, else $D2LITE_DATA, else the cache: never Debian's.
     dest = candidates[0][0]
     base_url = base_url or os.environ.get("D2LITE_DATA_URL") or OFFICIAL_URL
-    _download(dest, base_url, OFFICIAL_CHECKSUMS if checksums is None else checksums)
+    try:
+        _download(dest, base_url, OFFICIAL_CHECKSUMS if checksums is None else checksums)
+    except D2LiteError as error:
+        if data_dir is None:
+            raise
+        raise D2LiteError(f"data_dir {dest} does not hold the four Fashion-MNIST files and they could not "
+                          f"be downloaded there: {error}") from error  # fmt: skip
     return dest, f"downloaded from {base_url} to {dest}"
 
 

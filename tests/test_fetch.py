@@ -108,7 +108,7 @@ def test_search_order_and_source(monkeypatch, tmp_path):
     for directory in (explicit, env, cache, debian):
         make_dataset(directory)
     monkeypatch.setenv("D2LITE_DATA", str(env))
-    assert fetch.search_path(explicit) == [explicit, env, cache, debian]
+    assert fetch.search_path(explicit) == [explicit]  # an explicit folder is the only place
     assert fetch.fetch(explicit) == (explicit, f"found in {explicit} (data_dir)")
     assert fetch.fetch() == (env, f"found in $D2LITE_DATA={env}")
     monkeypatch.delenv("D2LITE_DATA")
@@ -243,6 +243,18 @@ def test_server_down_fails_fast():
                        r"D2LITE_DATA.*apt-get install dataset-fashion-mnist.*make data"):
         fetch.fetch(base_url=f"http://127.0.0.1:{port}/")
     assert time.monotonic() - start < 5
+
+
+def test_an_explicit_data_dir_without_the_files_is_an_error_not_another_copy(tmp_path):
+    with socket.socket() as s:  # a port that nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    empty = tmp_path / "empty"
+    assert all((REAL_DEBIAN_DIR / name).is_file() for name in fetch.ALL_FILES)  # another copy exists
+    with pytest.raises(D2LiteError, match=f"data_dir {empty} does not hold the four Fashion-MNIST files"
+                       r" and they could not be downloaded there: downloading .* failed") as error:
+        fetch.fetch(empty, base_url=f"http://127.0.0.1:{port}/")
+    assert "\n" not in str(error.value)
 
 
 def test_real_debian_data():
