@@ -40,8 +40,8 @@ class ProgressBoard:
 
     `draw` averages every `every_n` points of a label into one (the book's `raw_points` and
     `data`). In a Jupyter kernel it redraws one inline image in place; with `save_dir` it
-    rewrites `save_dir/progress.{png,svg}` too; otherwise it only records the points. The figure is made at
-    the first drawing: every model carries a board, and most are never drawn.
+    rewrites `save_dir/progress.{png,svg}` too; otherwise it only records the points. The
+    figure is made at the first drawing: every model carries a board, and most are never drawn.
     """
 
     def __init__(self, xlabel=None, ylabel=None, xlim=None, ylim=None,
@@ -125,27 +125,29 @@ class ProgressBoard:
             self.fig.tight_layout()
 
     def _render(self):
-        if self.display and in_notebook():
+        notebook = self.display and in_notebook()
+        if not notebook and self.save_dir is None:
+            return
+        self._sync()
+        buf = io.BytesIO()  # one PNG per redraw, for the notebook and the run directory alike
+        self.fig.savefig(buf, format="png")
+        png = buf.getvalue()
+        if notebook:
             from IPython.display import Image, display
 
-            self._sync()
             # PNG bytes rather than display(fig): a bare Figure only renders inline
             # when matplotlib's inline backend happens to have registered a formatter.
             # One output, updated in place through its display id: the progress lines
             # printed next to it never erase it, and the last picture stays in the cell.
-            buf = io.BytesIO()
-            self.fig.savefig(buf, format="png")
-            image = Image(data=buf.getvalue(), format="png")
+            image = Image(data=png, format="png")
             if self.display_handle is None:
                 self.display_handle = display(image, display_id=True)
             else:
                 self.display_handle.update(image)
         if self.save_dir is not None:
-            self._sync()
-            self.save_dir.mkdir(parents=True, exist_ok=True)
-            for suffix in ("png", "svg"):
-                _atomic_savefig(self.fig, self.save_dir / f"progress.{suffix}")
-            if not self._announced and not in_notebook():
+            write_atomic(self.save_dir / "progress.png", lambda f: f.write(png))
+            _atomic_savefig(self.fig, self.save_dir / "progress.svg")
+            if not self._announced and not notebook:
                 self._announced = True
                 print(f"live plot: {(self.save_dir / 'progress.png').resolve()}", flush=True)
 
