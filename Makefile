@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install data test lint bench report clean all notebooks lab
+.PHONY: install data test lint format bench report clean all notebooks lab
 
 install: $(INSTALLED)
 
@@ -38,8 +38,13 @@ bench: install data
 	  echo "could not install torch: benchmarking without PyTorch"
 	$(PY) -m bench.bench $(ARGS)
 
+# Style is ruff's: `ruff format` writes it (make format), lint checks it.
 lint: install
-	$(PY) -m ruff check d2lite chapters tests tools
+	$(PY) -m ruff check d2lite chapters tests tools bench
+	$(PY) -m ruff format --check d2lite chapters tests tools bench
+
+format: install
+	$(PY) -m ruff format d2lite chapters tests tools bench
 
 # notebooks/<chapter>.ipynb from each chapter's source (jupytext percent format): make notebooks
 notebooks: install

@@ -17,6 +17,7 @@ Times are medians over steps after warm-up; ratios compare methods measured in t
 The table is also written as JSON (`--json PATH`, default runs/bench/<date>-<time>.json).
 The persistent compilation cache is off here, so compile times are real compilations.
 """
+
 import argparse
 import json
 import os
@@ -76,8 +77,9 @@ def run_pure(name, size, steps):
         images, labels = data.preprocess((X, y))
 
         def loss_fn(params):
-            logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
-                                          mutable=["batch_stats"])  # fmt: skip
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": batch_stats}, images, mutable=["batch_stats"]
+            )
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates
 
         (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -95,15 +97,18 @@ def run_pure(name, size, steps):
         params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state, X, y)
         loss.block_until_ready()
         times.append(time.perf_counter() - start)
-    return {"step_s": statistics.median(times), "compile_s": compiles.seconds,
-            "compiles": compiles.count, "steady_compiles": 0}  # fmt: skip
+    return {
+        "step_s": statistics.median(times),
+        "compile_s": compiles.seconds,
+        "compiles": compiles.count,
+        "steady_compiles": 0,
+    }
 
 
 def run_d2lite(name, size, steps, steps_per_dispatch, precision="float32"):
     import d2lite as d2l
 
-    data = d2l.FashionMNIST(batch_size=BATCH, resize=(size, size), num_train=BATCH * steps,
-                            num_val=BATCH)  # fmt: skip
+    data = d2l.FashionMNIST(batch_size=BATCH, resize=(size, size), num_train=BATCH * steps, num_val=BATCH)
     compiles_per_epoch = []
 
     class Counting(d2l.Trainer):
@@ -112,13 +117,17 @@ def run_d2lite(name, size, steps, steps_per_dispatch, precision="float32"):
                 super().fit_epoch()
             compiles_per_epoch.append(compiles)
 
-    trainer = Counting(max_epochs=2, progress=False, plot=False, steps_per_dispatch=steps_per_dispatch,
-                       precision=precision)  # fmt: skip
+    trainer = Counting(
+        max_epochs=2, progress=False, plot=False, steps_per_dispatch=steps_per_dispatch, precision=precision
+    )
     trainer.fit(flax_model(name), data)
     first, second = compiles_per_epoch
-    return {"step_s": trainer.history[-1]["seconds"] / trainer.num_train_batches,
-            "compile_s": first.seconds, "compiles": first.count,
-            "steady_compiles": second.count}  # fmt: skip
+    return {
+        "step_s": trainer.history[-1]["seconds"] / trainer.num_train_batches,
+        "compile_s": first.seconds,
+        "compiles": first.count,
+        "steady_compiles": second.count,
+    }
 
 
 def run_book(name, size, steps):
@@ -141,8 +150,12 @@ def run_book(name, size, steps):
     @jax.jit
     def loss_and_grads(params, batch_stats, X, y, key):
         def loss_fn(params):
-            logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, X,
-                                          mutable=["batch_stats"], rngs={"dropout": key})  # fmt: skip
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": batch_stats},
+                X,
+                mutable=["batch_stats"],
+                rngs={"dropout": key},
+            )
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates
 
         return jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -169,8 +182,12 @@ def run_book(name, size, steps):
                 times.append(time.perf_counter() - start)
             if i == 1:
                 warm = (compiles.count, compiles.seconds)
-    return {"step_s": statistics.median(times), "compile_s": warm[1], "compiles": warm[0],
-            "steady_compiles": compiles.count - warm[0]}  # fmt: skip
+    return {
+        "step_s": statistics.median(times),
+        "compile_s": warm[1],
+        "compiles": warm[0],
+        "steady_compiles": compiles.count - warm[0],
+    }
 
 
 def run_torch(name, size, steps):
@@ -180,8 +197,11 @@ def run_torch(name, size, steps):
 
     torch.manual_seed(0)
     model = torch_model(name, nn)
-    optimizer = (torch.optim.Adam(model.parameters(), lr=0.003) if name == "lenet"
-                 else torch.optim.SGD(model.parameters(), lr=0.01))  # fmt: skip
+    optimizer = (
+        torch.optim.Adam(model.parameters(), lr=0.003)
+        if name == "lenet"
+        else torch.optim.SGD(model.parameters(), lr=0.01)
+    )
     loss_fn = nn.CrossEntropyLoss()
     times = []
     for i, (images, labels) in enumerate(host_batches(size, steps + 2)):
@@ -196,17 +216,31 @@ def run_torch(name, size, steps):
         loss.item()
         if i >= 2:
             times.append(time.perf_counter() - start)
-    return {"step_s": statistics.median(times), "compile_s": 0.0, "compiles": 0,
-            "steady_compiles": 0, "threads": torch.get_num_threads()}  # fmt: skip
+    return {
+        "step_s": statistics.median(times),
+        "compile_s": 0.0,
+        "compiles": 0,
+        "steady_compiles": 0,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def torch_model(name, nn):
     if name == "lenet":
         return nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2), nn.Sigmoid(), nn.AvgPool2d(2, 2),
-            nn.Conv2d(6, 16, 5), nn.Sigmoid(), nn.AvgPool2d(2, 2), nn.Flatten(),
-            nn.Linear(400, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10),
-        )  # fmt: skip
+            nn.Conv2d(1, 6, 5, padding=2),
+            nn.Sigmoid(),
+            nn.AvgPool2d(2, 2),
+            nn.Conv2d(6, 16, 5),
+            nn.Sigmoid(),
+            nn.AvgPool2d(2, 2),
+            nn.Flatten(),
+            nn.Linear(400, 120),
+            nn.Sigmoid(),
+            nn.Linear(120, 84),
+            nn.Sigmoid(),
+            nn.Linear(84, 10),
+        )
 
     class Residual(nn.Module):
         def __init__(self, cin, cout, stride):
@@ -250,13 +284,24 @@ def child(args):
 
 
 def measure(model, method, steps, steps_per_dispatch):
-    command = [sys.executable, "-m", "bench.bench", "--child", method, "--models", model,
-               "--steps", str(steps), "--steps-per-dispatch", str(steps_per_dispatch)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "bench.bench",
+        "--child",
+        method,
+        "--models",
+        model,
+        "--steps",
+        str(steps),
+        "--steps-per-dispatch",
+        str(steps_per_dispatch),
+    ]
     uncached = dict(os.environ, D2LITE_COMPILE_CACHE="0")
     done = subprocess.run(command, capture_output=True, text=True, env=uncached)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
     return {"error": tail}
 
@@ -266,9 +311,11 @@ def machine():
     import jaxlib
 
     device = jax.devices()[0]
-    return (f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-            f"device {device.platform}:{device.device_kind}; jax {jax.__version__}, "
-            f"jaxlib {jaxlib.__version__}; python {platform.python_version()}")
+    return (
+        f"{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"device {device.platform}:{device.device_kind}; jax {jax.__version__}, "
+        f"jaxlib {jaxlib.__version__}; python {platform.python_version()}"
+    )
 
 
 def torch_available():
@@ -282,12 +329,24 @@ def torch_available():
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["lenet", "resnet18"])
-    parser.add_argument("--steps", type=int, default=None,
-                        help="timed steps per method (default: 60 for LeNet, 10 for ResNet-18)")  # fmt: skip
-    parser.add_argument("--steps-per-dispatch", type=int, default=None,
-                        help="d2lite steps per jitted call (default: 20 LeNet, 1 ResNet-18)")  # fmt: skip
-    parser.add_argument("--json", metavar="PATH", default=None,
-                        help="also write the results there (default: runs/bench/<date>-<time>.json)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed steps per method (default: 60 for LeNet, 10 for ResNet-18)",
+    )
+    parser.add_argument(
+        "--steps-per-dispatch",
+        type=int,
+        default=None,
+        help="d2lite steps per jitted call (default: 20 LeNet, 1 ResNet-18)",
+    )
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        default=None,
+        help="also write the results there (default: runs/bench/<date>-<time>.json)",
+    )
     parser.add_argument("--child", dest="method", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.method:
@@ -298,8 +357,10 @@ def main(argv=None):
     methods = ["pure", "d2lite", "bf16", "book"] + (["torch"] if torch_available() else [])
     if "torch" not in methods:
         print("(PyTorch is not installed here: `pip install torch` adds the torch rows)")
-    header = (f"{'model':9} {'method':7} {'step ms':>9} {'ex/s':>8} {'d2lite/x':>9} "
-              f"{'compile s':>9} {'compiles':>8} {'after ep1':>9} {'peak MB':>8}")  # fmt: skip
+    header = (
+        f"{'model':9} {'method':7} {'step ms':>9} {'ex/s':>8} {'d2lite/x':>9} "
+        f"{'compile s':>9} {'compiles':>8} {'after ep1':>9} {'peak MB':>8}"
+    )
     print(header)
     for model in args.models:
         steps = args.steps or (60 if model == "lenet" else 10)
@@ -312,9 +373,11 @@ def main(argv=None):
                 print(f"{model:9} {method:7} failed: {r['error']}")
                 continue
             ratio = ours / r["step_s"] if ours else float("nan")
-            print(f"{model:9} {method:7} {1000 * r['step_s']:9.1f} {BATCH / r['step_s']:8.0f} "
-                  f"{1 / ratio:9.2f} {r['compile_s']:9.1f} {r['compiles']:8d} "
-                  f"{r['steady_compiles']:9d} {r['peak_rss_mb']:8.0f}")  # fmt: skip
+            print(
+                f"{model:9} {method:7} {1000 * r['step_s']:9.1f} {BATCH / r['step_s']:8.0f} "
+                f"{1 / ratio:9.2f} {r['compile_s']:9.1f} {r['compiles']:8d} "
+                f"{r['steady_compiles']:9d} {r['peak_rss_mb']:8.0f}"
+            )
         if ours and "step_s" in results["pure"]:
             overhead = ours / results["pure"]["step_s"]
             print(f"{model:9} framework overhead (d2lite fit step / pure step): {overhead:.3f}")

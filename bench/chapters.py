@@ -6,6 +6,7 @@ Each model trains 2 epochs of a few batches through `d2lite.Trainer`; the step t
 epoch 2's (compiled) training time per step. Parameters are counted from the variables.
 The persistent compilation cache is off, so "first epoch s" includes real compilation.
 """
+
 import os
 import sys
 import time
@@ -27,7 +28,7 @@ def chapter_models():
         nin,
         regnet,
         resnet,
-        resnet_nnx,  # fmt: skip
+        resnet_nnx,
         resnext,
         vgg,
     )
@@ -50,20 +51,26 @@ def chapter_models():
 
 def main(names):
     models = chapter_models()
-    print(f"{'chapter':20} {'params':>11} {'input':>7} {'batch':>5} {'s/step':>7} {'ex/s':>7} "
-          f"{'first epoch s':>13}")
+    print(
+        f"{'chapter':20} {'params':>11} {'input':>7} {'batch':>5} {'s/step':>7} {'ex/s':>7} "
+        f"{'first epoch s':>13}"
+    )
     for name in names or models:
         model, size, batch, batches = models[name]
-        data = d2l.FashionMNIST(batch_size=batch, resize=(size, size), num_train=batch * batches,
-                                num_val=batch)  # fmt: skip
+        data = d2l.FashionMNIST(
+            batch_size=batch, resize=(size, size), num_train=batch * batches, num_val=batch
+        )
         trainer = d2l.Trainer(max_epochs=2, progress=False, plot=False)
         started = time.perf_counter()
         trainer.fit(model, data)
         params = sum(p.size for p in jax.tree.leaves(trainer.state.params))
         step = trainer.history[-1]["seconds"] / trainer.num_train_batches
         first = time.perf_counter() - started - trainer.history[-1]["seconds"]
-        print(f"{name:20} {params:11,} {size:4}x{size:<3} {batch:5} {step:7.4g} {batch / step:7.0f} "
-              f"{first:13.1f}", flush=True)  # fmt: skip
+        print(
+            f"{name:20} {params:11,} {size:4}x{size:<3} {batch:5} {step:7.4g} {batch / step:7.0f} "
+            f"{first:13.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -48,20 +48,31 @@ class AlexNet(d2l.Classifier):
     training: bool = True
 
     def setup(self):
-        self.net = nn.Sequential([
-            nn.Conv(96, kernel_size=(11, 11), strides=(4, 4), padding=1), nn.relu,
-            max_pool_3x3_s2,
-            nn.Conv(256, kernel_size=(5, 5), padding=2), nn.relu,
-            max_pool_3x3_s2,
-            nn.Conv(384, kernel_size=(3, 3), padding=1), nn.relu,
-            nn.Conv(384, kernel_size=(3, 3), padding=1), nn.relu,
-            nn.Conv(256, kernel_size=(3, 3), padding=1), nn.relu,
-            max_pool_3x3_s2,
-            flatten,
-            nn.Dense(4096), nn.relu, nn.Dropout(0.5, deterministic=not self.training),
-            nn.Dense(4096), nn.relu, nn.Dropout(0.5, deterministic=not self.training),
-            nn.Dense(self.num_classes),
-        ])  # fmt: skip
+        self.net = nn.Sequential(
+            [
+                nn.Conv(96, kernel_size=(11, 11), strides=(4, 4), padding=1),
+                nn.relu,
+                max_pool_3x3_s2,
+                nn.Conv(256, kernel_size=(5, 5), padding=2),
+                nn.relu,
+                max_pool_3x3_s2,
+                nn.Conv(384, kernel_size=(3, 3), padding=1),
+                nn.relu,
+                nn.Conv(384, kernel_size=(3, 3), padding=1),
+                nn.relu,
+                nn.Conv(256, kernel_size=(3, 3), padding=1),
+                nn.relu,
+                max_pool_3x3_s2,
+                flatten,
+                nn.Dense(4096),
+                nn.relu,
+                nn.Dropout(0.5, deterministic=not self.training),
+                nn.Dense(4096),
+                nn.relu,
+                nn.Dropout(0.5, deterministic=not self.training),
+                nn.Dense(self.num_classes),
+            ]
+        )
 
 
 # %% [markdown]
@@ -74,8 +85,9 @@ class AlexNet(d2l.Classifier):
 
 # %%
 if __name__ == "__main__":
-    args = d2l.chapter_args("alexnet", "AlexNet (D2L 8.1)", epochs=10, batch_size=128,
-                            lr=0.01, resize=224, smoke_resize=65)
+    args = d2l.chapter_args(
+        "alexnet", "AlexNet (D2L 8.1)", epochs=10, batch_size=128, lr=0.01, resize=224, smoke_resize=65
+    )
     model = AlexNet(lr=args.lr)
     model.layer_summary((1, args.resize, args.resize, 1))
 
@@ -90,8 +102,9 @@ if __name__ == "__main__":
 
 # %%
 if __name__ == "__main__":
-    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
-                            **args.data_options)
+    data = d2l.FashionMNIST(
+        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
+    )
     trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
     trainer.fit(model, data)
 

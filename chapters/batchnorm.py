@@ -84,8 +84,16 @@ class BatchNorm(nn.Module):
         beta = self.param("beta", nn.initializers.zeros, shape)
         moving_mean = self.variable("batch_stats", "moving_mean", jnp.zeros, shape)
         moving_var = self.variable("batch_stats", "moving_var", jnp.ones, shape)
-        Y, mean, var = batch_norm(X, self.deterministic, gamma, beta, moving_mean.value,
-                                  moving_var.value, eps=self.eps, momentum=self.momentum)  # fmt: skip
+        Y, mean, var = batch_norm(
+            X,
+            self.deterministic,
+            gamma,
+            beta,
+            moving_mean.value,
+            moving_var.value,
+            eps=self.eps,
+            momentum=self.momentum,
+        )
         # Evaluation leaves the collection read-only; `init`'s dummy batch is no data to remember.
         if not (self.deterministic or self.is_initializing()):
             moving_mean.value, moving_var.value = mean, var
@@ -115,24 +123,26 @@ class BNLeNetScratch(d2l.Classifier):
 
     def setup(self):
         deterministic = not self.training
-        self.net = nn.Sequential([
-            nn.Conv(6, kernel_size=(5, 5), padding="VALID"),
-            BatchNorm(6, num_dims=4, deterministic=deterministic),
-            nn.sigmoid,
-            lambda x: nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2)),
-            nn.Conv(16, kernel_size=(5, 5), padding="VALID"),
-            BatchNorm(16, num_dims=4, deterministic=deterministic),
-            nn.sigmoid,
-            lambda x: nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2)),
-            lambda x: x.reshape((x.shape[0], -1)),  # flatten
-            nn.Dense(120),
-            BatchNorm(120, num_dims=2, deterministic=deterministic),
-            nn.sigmoid,
-            nn.Dense(84),
-            BatchNorm(84, num_dims=2, deterministic=deterministic),
-            nn.sigmoid,
-            nn.Dense(self.num_classes),
-        ])  # fmt: skip
+        self.net = nn.Sequential(
+            [
+                nn.Conv(6, kernel_size=(5, 5), padding="VALID"),
+                BatchNorm(6, num_dims=4, deterministic=deterministic),
+                nn.sigmoid,
+                lambda x: nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2)),
+                nn.Conv(16, kernel_size=(5, 5), padding="VALID"),
+                BatchNorm(16, num_dims=4, deterministic=deterministic),
+                nn.sigmoid,
+                lambda x: nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2)),
+                lambda x: x.reshape((x.shape[0], -1)),  # flatten
+                nn.Dense(120),
+                BatchNorm(120, num_dims=2, deterministic=deterministic),
+                nn.sigmoid,
+                nn.Dense(84),
+                BatchNorm(84, num_dims=2, deterministic=deterministic),
+                nn.sigmoid,
+                nn.Dense(self.num_classes),
+            ]
+        )
 
 
 class BNLeNet(d2l.Classifier):
@@ -143,30 +153,35 @@ class BNLeNet(d2l.Classifier):
     training: bool = True
 
     def setup(self):
-        self.net = nn.Sequential([
-            nn.Conv(6, kernel_size=(5, 5), padding="VALID"),
-            book.BatchNorm(not self.training),
-            nn.sigmoid,
-            lambda x: nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2)),
-            nn.Conv(16, kernel_size=(5, 5), padding="VALID"),
-            book.BatchNorm(not self.training),
-            nn.sigmoid,
-            lambda x: nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2)),
-            lambda x: x.reshape((x.shape[0], -1)),  # flatten
-            nn.Dense(120),
-            book.BatchNorm(not self.training),
-            nn.sigmoid,
-            nn.Dense(84),
-            book.BatchNorm(not self.training),
-            nn.sigmoid,
-            nn.Dense(self.num_classes),
-        ])  # fmt: skip
+        self.net = nn.Sequential(
+            [
+                nn.Conv(6, kernel_size=(5, 5), padding="VALID"),
+                book.BatchNorm(not self.training),
+                nn.sigmoid,
+                lambda x: nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2)),
+                nn.Conv(16, kernel_size=(5, 5), padding="VALID"),
+                book.BatchNorm(not self.training),
+                nn.sigmoid,
+                lambda x: nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2)),
+                lambda x: x.reshape((x.shape[0], -1)),  # flatten
+                nn.Dense(120),
+                book.BatchNorm(not self.training),
+                nn.sigmoid,
+                nn.Dense(84),
+                book.BatchNorm(not self.training),
+                nn.sigmoid,
+                nn.Dense(self.num_classes),
+            ]
+        )
 
 
 def options(parser):
     """The chapter's own flag."""
-    parser.add_argument("--scratch", action="store_true",
-                        help="train BNLeNetScratch (the from-scratch BatchNorm) instead of BNLeNet")
+    parser.add_argument(
+        "--scratch",
+        action="store_true",
+        help="train BNLeNetScratch (the from-scratch BatchNorm) instead of BNLeNet",
+    )
 
 
 # %% [markdown]
@@ -179,8 +194,15 @@ def options(parser):
 
 # %%
 if __name__ == "__main__":
-    args = d2l.chapter_args("batchnorm", "Batch normalization (D2L 8.5)", epochs=10, batch_size=128,
-                            lr=0.1, resize=28, options=options)
+    args = d2l.chapter_args(
+        "batchnorm",
+        "Batch normalization (D2L 8.5)",
+        epochs=10,
+        batch_size=128,
+        lr=0.1,
+        resize=28,
+        options=options,
+    )
     model = (BNLeNetScratch if args.scratch else BNLeNet)(lr=args.lr)
     model.layer_summary((1, args.resize, args.resize, 1))
 
@@ -195,8 +217,9 @@ if __name__ == "__main__":
 
 # %%
 if __name__ == "__main__":
-    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
-                            **args.data_options)
+    data = d2l.FashionMNIST(
+        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
+    )
     trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
     trainer.fit(model, data)
 

@@ -30,11 +30,13 @@ from d2lite.book import BatchNorm
 # %%
 def conv_block(num_channels, training=True):
     """BatchNorm, ReLU, then a 3x3 convolution to `num_channels` (the pre-activation order)."""
-    return nn.Sequential([
-        BatchNorm(not training),
-        nn.relu,
-        nn.Conv(num_channels, kernel_size=(3, 3), padding="SAME"),
-    ])  # fmt: skip
+    return nn.Sequential(
+        [
+            BatchNorm(not training),
+            nn.relu,
+            nn.Conv(num_channels, kernel_size=(3, 3), padding="SAME"),
+        ]
+    )
 
 
 # %%
@@ -69,12 +71,14 @@ class DenseBlock(nn.Module):
 # %%
 def transition_block(num_channels, training=True):
     """BatchNorm, ReLU, 1x1 convolution to `num_channels`, 2x2 average pooling (stride 2)."""
-    return nn.Sequential([
-        BatchNorm(not training),
-        nn.relu,
-        nn.Conv(num_channels, kernel_size=(1, 1)),
-        lambda x: nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2)),
-    ])  # fmt: skip
+    return nn.Sequential(
+        [
+            BatchNorm(not training),
+            nn.relu,
+            nn.Conv(num_channels, kernel_size=(1, 1)),
+            lambda x: nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2)),
+        ]
+    )
 
 
 # %% [markdown]
@@ -145,8 +149,9 @@ class DenseNet(d2l.Classifier):
 
 # %%
 if __name__ == "__main__":
-    args = d2l.chapter_args("densenet", "DenseNet (D2L 8.7)", epochs=10, batch_size=128,
-                            lr=0.01, resize=96, smoke_resize=32)
+    args = d2l.chapter_args(
+        "densenet", "DenseNet (D2L 8.7)", epochs=10, batch_size=128, lr=0.01, resize=96, smoke_resize=32
+    )
     model = DenseNet(lr=args.lr)
     model.layer_summary((1, args.resize, args.resize, 1))
 
@@ -161,8 +166,9 @@ if __name__ == "__main__":
 
 # %%
 if __name__ == "__main__":
-    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
-                            **args.data_options)
+    data = d2l.FashionMNIST(
+        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
+    )
     trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
     trainer.fit(model, data)
 

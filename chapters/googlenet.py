@@ -80,46 +80,60 @@ class GoogleNet(d2l.Classifier):
     num_classes: int = 10
 
     def setup(self):
-        self.net = nn.Sequential([self.b1(), self.b2(), self.b3(), self.b4(), self.b5(),
-                                  nn.Dense(self.num_classes)])  # fmt: skip
+        self.net = nn.Sequential(
+            [self.b1(), self.b2(), self.b3(), self.b4(), self.b5(), nn.Dense(self.num_classes)]
+        )
 
     def b1(self):
         """A 7x7 convolution of stride 2 and a pool: a quarter of the height and width."""
-        return nn.Sequential([
-            nn.Conv(64, kernel_size=(7, 7), strides=(2, 2), padding="SAME"), nn.relu,
-            max_pool_3x3_s2_same,
-        ])  # fmt: skip
+        return nn.Sequential(
+            [
+                nn.Conv(64, kernel_size=(7, 7), strides=(2, 2), padding="SAME"),
+                nn.relu,
+                max_pool_3x3_s2_same,
+            ]
+        )
 
     def b2(self):
-        return nn.Sequential([
-            nn.Conv(64, kernel_size=(1, 1)), nn.relu,
-            nn.Conv(192, kernel_size=(3, 3), padding="SAME"), nn.relu,
-            max_pool_3x3_s2_same,
-        ])  # fmt: skip
+        return nn.Sequential(
+            [
+                nn.Conv(64, kernel_size=(1, 1)),
+                nn.relu,
+                nn.Conv(192, kernel_size=(3, 3), padding="SAME"),
+                nn.relu,
+                max_pool_3x3_s2_same,
+            ]
+        )
 
     def b3(self):
-        return nn.Sequential([
-            Inception(64, (96, 128), (16, 32), 32),
-            Inception(128, (128, 192), (32, 96), 64),
-            max_pool_3x3_s2_same,
-        ])  # fmt: skip
+        return nn.Sequential(
+            [
+                Inception(64, (96, 128), (16, 32), 32),
+                Inception(128, (128, 192), (32, 96), 64),
+                max_pool_3x3_s2_same,
+            ]
+        )
 
     def b4(self):
-        return nn.Sequential([
-            Inception(192, (96, 208), (16, 48), 64),
-            Inception(160, (112, 224), (24, 64), 64),
-            Inception(128, (128, 256), (24, 64), 64),
-            Inception(112, (144, 288), (32, 64), 64),
-            Inception(256, (160, 320), (32, 128), 128),
-            max_pool_3x3_s2_same,
-        ])  # fmt: skip
+        return nn.Sequential(
+            [
+                Inception(192, (96, 208), (16, 48), 64),
+                Inception(160, (112, 224), (24, 64), 64),
+                Inception(128, (128, 256), (24, 64), 64),
+                Inception(112, (144, 288), (32, 64), 64),
+                Inception(256, (160, 320), (32, 128), 128),
+                max_pool_3x3_s2_same,
+            ]
+        )
 
     def b5(self):
-        return nn.Sequential([
-            Inception(256, (160, 320), (32, 128), 128),
-            Inception(384, (192, 384), (48, 128), 128),
-            global_avg_pool,
-        ])  # fmt: skip
+        return nn.Sequential(
+            [
+                Inception(256, (160, 320), (32, 128), 128),
+                Inception(384, (192, 384), (48, 128), 128),
+                global_avg_pool,
+            ]
+        )
 
 
 # %% [markdown]
@@ -132,8 +146,9 @@ class GoogleNet(d2l.Classifier):
 
 # %%
 if __name__ == "__main__":
-    args = d2l.chapter_args("googlenet", "GoogLeNet (D2L 8.4)", epochs=10, batch_size=128,
-                            lr=0.01, resize=96, smoke_resize=32)
+    args = d2l.chapter_args(
+        "googlenet", "GoogLeNet (D2L 8.4)", epochs=10, batch_size=128, lr=0.01, resize=96, smoke_resize=32
+    )
     model = GoogleNet(lr=args.lr)
     model.layer_summary((1, args.resize, args.resize, 1))
 
@@ -148,8 +163,9 @@ if __name__ == "__main__":
 
 # %%
 if __name__ == "__main__":
-    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
-                            **args.data_options)
+    data = d2l.FashionMNIST(
+        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
+    )
     trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
     trainer.fit(model, data)
 

@@ -47,8 +47,12 @@ DEFAULT_LR = {"adam": 0.003, "sgd": 0.1}
 
 def options(parser):
     """The chapter's own flag."""
-    parser.add_argument("--optimizer", choices=sorted(DEFAULT_LR), default="adam",
-                        help="adam, or the book's plain sgd; --lr follows it: 0.003 or 0.1")
+    parser.add_argument(
+        "--optimizer",
+        choices=sorted(DEFAULT_LR),
+        default="adam",
+        help="adam, or the book's plain sgd; --lr follows it: 0.003 or 0.1",
+    )
 
 
 # %% [markdown]
@@ -61,12 +65,15 @@ def options(parser):
 
 # %%
 if __name__ == "__main__":
-    args = d2l.chapter_args("lenet", "LeNet (D2L 7.6)", epochs=10, batch_size=128, lr=None, resize=28,
-                            options=options)
+    args = d2l.chapter_args(
+        "lenet", "LeNet (D2L 7.6)", epochs=10, batch_size=128, lr=None, resize=28, options=options
+    )
     model = LeNet(lr=args.lr or DEFAULT_LR[args.optimizer], optimizer=args.optimizer)
     if args.optimizer == "adam":
-        print(f"training with Adam at lr {model.lr}, not the book's SGD at 0.1, which sits near chance "
-              "for hundreds of steps with LeNet's sigmoids (--optimizer sgd: the book's recipe)")
+        print(
+            f"training with Adam at lr {model.lr}, not the book's SGD at 0.1, which sits near chance "
+            "for hundreds of steps with LeNet's sigmoids (--optimizer sgd: the book's recipe)"
+        )
     model.layer_summary((1, args.resize, args.resize, 1))
 
 
@@ -79,8 +86,9 @@ if __name__ == "__main__":
 
 # %%
 if __name__ == "__main__":
-    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
-                            **args.data_options)
+    data = d2l.FashionMNIST(
+        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
+    )
     trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
     trainer.fit(model, data)
 

@@ -41,8 +41,9 @@ TRUE_B = 4.2
 
 # %%
 if __name__ == "__main__":
-    args = d2l.chapter_args("linear_regression", "Linear regression (D2L 3.4-3.5)", epochs=3,
-                            batch_size=32, lr=0.03, resize=None)
+    args = d2l.chapter_args(
+        "linear_regression", "Linear regression (D2L 3.4-3.5)", epochs=3, batch_size=32, lr=0.03, resize=None
+    )
     data = d2l.SyntheticRegressionData(w=d2l.tensor(TRUE_W), b=TRUE_B, batch_size=args.batch_size)
     model = d2l.LinearRegression(lr=args.lr)
     trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)

@@ -27,11 +27,16 @@ from chapters.alexnet import max_pool_3x3_s2
 # %%
 def nin_block(out_channels, kernel_size, strides, padding):
     """A convolution, then two 1x1 convolutions (a per-pixel MLP), each followed by ReLU."""
-    return nn.Sequential([
-        nn.Conv(out_channels, kernel_size, strides, padding), nn.relu,
-        nn.Conv(out_channels, kernel_size=(1, 1)), nn.relu,
-        nn.Conv(out_channels, kernel_size=(1, 1)), nn.relu,
-    ])  # fmt: skip
+    return nn.Sequential(
+        [
+            nn.Conv(out_channels, kernel_size, strides, padding),
+            nn.relu,
+            nn.Conv(out_channels, kernel_size=(1, 1)),
+            nn.relu,
+            nn.Conv(out_channels, kernel_size=(1, 1)),
+            nn.relu,
+        ]
+    )
 
 
 # %% [markdown]
@@ -64,17 +69,19 @@ class NiN(d2l.Classifier):
     training: bool = True
 
     def setup(self):
-        self.net = nn.Sequential([
-            nin_block(96, kernel_size=(11, 11), strides=(4, 4), padding=0),
-            max_pool_3x3_s2,
-            nin_block(256, kernel_size=(5, 5), strides=(1, 1), padding=2),
-            max_pool_3x3_s2,
-            nin_block(384, kernel_size=(3, 3), strides=(1, 1), padding=1),
-            max_pool_3x3_s2,
-            nn.Dropout(0.5, deterministic=not self.training),
-            nin_block(self.num_classes, kernel_size=(3, 3), strides=(1, 1), padding=1),
-            global_avg_pool,
-        ])  # fmt: skip
+        self.net = nn.Sequential(
+            [
+                nin_block(96, kernel_size=(11, 11), strides=(4, 4), padding=0),
+                max_pool_3x3_s2,
+                nin_block(256, kernel_size=(5, 5), strides=(1, 1), padding=2),
+                max_pool_3x3_s2,
+                nin_block(384, kernel_size=(3, 3), strides=(1, 1), padding=1),
+                max_pool_3x3_s2,
+                nn.Dropout(0.5, deterministic=not self.training),
+                nin_block(self.num_classes, kernel_size=(3, 3), strides=(1, 1), padding=1),
+                global_avg_pool,
+            ]
+        )
 
 
 # %% [markdown]
@@ -87,8 +94,9 @@ class NiN(d2l.Classifier):
 
 # %%
 if __name__ == "__main__":
-    args = d2l.chapter_args("nin", "Network in Network (D2L 8.3)", epochs=10, batch_size=128,
-                            lr=0.05, resize=224, smoke_resize=67)
+    args = d2l.chapter_args(
+        "nin", "Network in Network (D2L 8.3)", epochs=10, batch_size=128, lr=0.05, resize=224, smoke_resize=67
+    )
     model = NiN(lr=args.lr)
     model.layer_summary((1, args.resize, args.resize, 1))
 
@@ -103,8 +111,9 @@ if __name__ == "__main__":
 
 # %%
 if __name__ == "__main__":
-    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
-                            **args.data_options)
+    data = d2l.FashionMNIST(
+        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
+    )
     trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
     trainer.fit(model, data)
 

@@ -48,18 +48,25 @@ class AnyNet(d2l.Classifier):
 
     def stem(self, num_channels):
         """3x3/2 convolution, BatchNorm, ReLU: half the resolution."""
-        return nn.Sequential([
-            nn.Conv(num_channels, kernel_size=(3, 3), strides=(2, 2), padding=(1, 1)),
-            BatchNorm(not self.training),
-            nn.relu,
-        ])  # fmt: skip
+        return nn.Sequential(
+            [
+                nn.Conv(num_channels, kernel_size=(3, 3), strides=(2, 2), padding=(1, 1)),
+                BatchNorm(not self.training),
+                nn.relu,
+            ]
+        )
 
     def stage(self, depth, num_channels, group_width, bot_mul):
         """`depth` ResNeXt blocks of width `num_channels`; the first halves the resolution."""
-        blocks = [d2l.ResNeXtBlock(num_channels, group_width, bot_mul, use_1x1conv=True, strides=(2, 2),
-                                   training=self.training)]  # fmt: skip
-        blocks += [d2l.ResNeXtBlock(num_channels, group_width, bot_mul, training=self.training)
-                   for _ in range(depth - 1)]  # fmt: skip
+        blocks = [
+            d2l.ResNeXtBlock(
+                num_channels, group_width, bot_mul, use_1x1conv=True, strides=(2, 2), training=self.training
+            )
+        ]
+        blocks += [
+            d2l.ResNeXtBlock(num_channels, group_width, bot_mul, training=self.training)
+            for _ in range(depth - 1)
+        ]
         return nn.Sequential(blocks)
 
     def head(self):
@@ -69,9 +76,9 @@ class AnyNet(d2l.Classifier):
     def setup(self):
         if not self.arch:
             raise ValueError("AnyNet needs arch: one (depth, num_channels, group_width, bot_mul) per stage")
-        self.net = nn.Sequential([self.stem(self.stem_channels),
-                                  *(self.stage(*s) for s in self.arch),
-                                  self.head()])  # fmt: skip
+        self.net = nn.Sequential(
+            [self.stem(self.stem_channels), *(self.stage(*s) for s in self.arch), self.head()]
+        )
 
 
 # %%
@@ -95,8 +102,9 @@ class RegNetX32(AnyNet):
 
 # %%
 if __name__ == "__main__":
-    args = d2l.chapter_args("regnet", "RegNet (D2L 8.8)", epochs=10, batch_size=128,
-                            lr=0.05, resize=96, smoke_resize=32)
+    args = d2l.chapter_args(
+        "regnet", "RegNet (D2L 8.8)", epochs=10, batch_size=128, lr=0.05, resize=96, smoke_resize=32
+    )
     model = RegNetX32(lr=args.lr)
     model.layer_summary((1, args.resize, args.resize, 1))
 
@@ -111,8 +119,9 @@ if __name__ == "__main__":
 
 # %%
 if __name__ == "__main__":
-    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
-                            **args.data_options)
+    data = d2l.FashionMNIST(
+        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
+    )
     trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
     trainer.fit(model, data)
 

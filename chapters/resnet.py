@@ -62,20 +62,23 @@ class ResNet(d2l.Classifier, kw_only=True):
 
     def b1(self):
         """7x7/2 convolution to 64 channels, BatchNorm, ReLU, 3x3/2 max pool: a quarter of the size."""
-        return nn.Sequential([
-            self.conv(64, (7, 7), strides=(2, 2)),
-            self.norm(),
-            nn.relu,
-            lambda x: nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME"),
-        ])  # fmt: skip
+        return nn.Sequential(
+            [
+                self.conv(64, (7, 7), strides=(2, 2)),
+                self.norm(),
+                nn.relu,
+                lambda x: nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME"),
+            ]
+        )
 
     def block(self, num_residuals, num_channels, first_block=False):
         """A stage; its first block halves the resolution, except in the first stage (after b1)."""
         blk = []
         for i in range(num_residuals):
             if i == 0 and not first_block:
-                blk.append(d2l.Residual(num_channels, use_1x1conv=True, strides=(2, 2),
-                                        training=self.training))  # fmt: skip
+                blk.append(
+                    d2l.Residual(num_channels, use_1x1conv=True, strides=(2, 2), training=self.training)
+                )
             else:
                 blk.append(d2l.Residual(num_channels, training=self.training))
         return nn.Sequential(blk)
@@ -195,18 +198,26 @@ class ResNetFamily(ResNet):
     dtype: Any = jnp.float32
 
     def conv(self, num_channels, kernel_size, strides=(1, 1)):
-        return nn.Conv(num_channels, kernel_size, strides=strides, padding="SAME", use_bias=False,
-                       dtype=self.dtype)  # fmt: skip
+        return nn.Conv(
+            num_channels, kernel_size, strides=strides, padding="SAME", use_bias=False, dtype=self.dtype
+        )
 
     def norm(self):
         return BatchNorm(not self.training, dtype=self.dtype)
 
     def block(self, num_residuals, num_channels, first_block=False):
-        return nn.Sequential([
-            self.block_cls(num_channels, strides=(2, 2) if i == 0 and not first_block else (1, 1),
-                           training=self.training, preact=self.preact, dtype=self.dtype)
-            for i in range(num_residuals)
-        ])  # fmt: skip
+        return nn.Sequential(
+            [
+                self.block_cls(
+                    num_channels,
+                    strides=(2, 2) if i == 0 and not first_block else (1, 1),
+                    training=self.training,
+                    preact=self.preact,
+                    dtype=self.dtype,
+                )
+                for i in range(num_residuals)
+            ]
+        )
 
     def head(self):
         # Pre-activation blocks end on a bare sum: normalize and activate it before pooling.
@@ -230,11 +241,18 @@ RESNETS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101, 152: resnet
 
 def options(parser):
     """The chapter's own flags: which member of the family to train."""
-    parser.add_argument("--depth", type=int, choices=sorted(RESNETS), default=None,
-                        help="train this member of the paper's family instead of the book's ResNet18")
-    parser.add_argument("--preact", action="store_true",
-                        help="pre-activation blocks (BatchNorm-ReLU-conv), in the family (depth 18 by "
-                             "default)")
+    parser.add_argument(
+        "--depth",
+        type=int,
+        choices=sorted(RESNETS),
+        default=None,
+        help="train this member of the paper's family instead of the book's ResNet18",
+    )
+    parser.add_argument(
+        "--preact",
+        action="store_true",
+        help="pre-activation blocks (BatchNorm-ReLU-conv), in the family (depth 18 by default)",
+    )
 
 
 def build_model(args):
@@ -254,8 +272,16 @@ def build_model(args):
 
 # %%
 if __name__ == "__main__":
-    args = d2l.chapter_args("resnet", "ResNet (D2L 8.6)", epochs=10, batch_size=128,
-                            lr=0.01, resize=96, smoke_resize=32, options=options)
+    args = d2l.chapter_args(
+        "resnet",
+        "ResNet (D2L 8.6)",
+        epochs=10,
+        batch_size=128,
+        lr=0.01,
+        resize=96,
+        smoke_resize=32,
+        options=options,
+    )
     model = build_model(args)
     model.layer_summary((1, args.resize, args.resize, 1))
 
@@ -270,8 +296,9 @@ if __name__ == "__main__":
 
 # %%
 if __name__ == "__main__":
-    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
-                            **args.data_options)
+    data = d2l.FashionMNIST(
+        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
+    )
     trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
     trainer.fit(model, data)
 

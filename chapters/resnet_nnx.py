@@ -124,14 +124,21 @@ class Head(nnx.Module):
 
 
 class ResNet(nnx.Module):
-    def __init__(self, stage_sizes=(2, 2, 2, 2), block_cls=ResidualBlock, num_classes=10,
-                 in_features=1, width=64, *, rngs):  # fmt: skip
+    def __init__(
+        self,
+        stage_sizes=(2, 2, 2, 2),
+        block_cls=ResidualBlock,
+        num_classes=10,
+        in_features=1,
+        width=64,
+        *,
+        rngs,
+    ):
         layers = [Stem(in_features, width, rngs=rngs)]
         features = width
         for i, num_blocks in enumerate(stage_sizes):
             stage_width = width * 2**i
-            layers.append(Stage(block_cls, num_blocks, features, stage_width,
-                                1 if i == 0 else 2, rngs=rngs))  # fmt: skip
+            layers.append(Stage(block_cls, num_blocks, features, stage_width, 1 if i == 0 else 2, rngs=rngs))
             features = stage_width * block_cls.expansion
         layers.append(Head(features, num_classes, rngs=rngs))
         self.layers = nnx.List(layers)
@@ -168,8 +175,16 @@ def options(parser):
 
 # %%
 if __name__ == "__main__":
-    args = d2l.chapter_args("resnet_nnx", "ResNet in Flax NNX (D2L 8.6)", epochs=10, batch_size=128,
-                            lr=1e-3, resize=96, smoke_resize=32, options=options)
+    args = d2l.chapter_args(
+        "resnet_nnx",
+        "ResNet in Flax NNX (D2L 8.6)",
+        epochs=10,
+        batch_size=128,
+        lr=1e-3,
+        resize=96,
+        smoke_resize=32,
+        options=options,
+    )
     model = resnet18_nnx(lr=args.lr, width=args.width)
     model.layer_summary((1, args.resize, args.resize, 1))
 
@@ -184,8 +199,9 @@ if __name__ == "__main__":
 
 # %%
 if __name__ == "__main__":
-    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
-                            **args.data_options)
+    data = d2l.FashionMNIST(
+        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
+    )
     trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
     trainer.fit(model, data)
 

@@ -58,16 +58,25 @@ class ResNeXt(ResNet):
             downsample = i == 0 and not first_block  # as in ResNet.block: halve, project
             strides = (2, 2) if downsample else (1, 1)
             group_width = round(num_channels * self.bot_mul) // self.groups  # the block's `groups`
-            blk.append(d2l.ResNeXtBlock(num_channels, group_width, self.bot_mul, use_1x1conv=downsample,
-                                        strides=strides, training=self.training))  # fmt: skip
+            blk.append(
+                d2l.ResNeXtBlock(
+                    num_channels,
+                    group_width,
+                    self.bot_mul,
+                    use_1x1conv=downsample,
+                    strides=strides,
+                    training=self.training,
+                )
+            )
         return nn.Sequential(blk)
 
 
 def options(parser):
     """The chapter's own flags: the block's cardinality and bottleneck."""
     parser.add_argument("--groups", type=int, default=16, help="groups of each 3x3 convolution (cardinality)")
-    parser.add_argument("--bot-mul", type=float, default=1.0,
-                        help="bottleneck channels as a multiple of the block's channels")
+    parser.add_argument(
+        "--bot-mul", type=float, default=1.0, help="bottleneck channels as a multiple of the block's channels"
+    )
 
 
 # %% [markdown]
@@ -80,8 +89,16 @@ def options(parser):
 
 # %%
 if __name__ == "__main__":
-    args = d2l.chapter_args("resnext", "ResNeXt (D2L 8.6.5)", epochs=10, batch_size=128,
-                            lr=0.01, resize=96, smoke_resize=32, options=options)
+    args = d2l.chapter_args(
+        "resnext",
+        "ResNeXt (D2L 8.6.5)",
+        epochs=10,
+        batch_size=128,
+        lr=0.01,
+        resize=96,
+        smoke_resize=32,
+        options=options,
+    )
     model = ResNeXt(lr=args.lr, groups=args.groups, bot_mul=args.bot_mul)
     model.layer_summary((1, args.resize, args.resize, 1))
 
@@ -96,8 +113,9 @@ if __name__ == "__main__":
 
 # %%
 if __name__ == "__main__":
-    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
-                            **args.data_options)
+    data = d2l.FashionMNIST(
+        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
+    )
     trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
     trainer.fit(model, data)
 

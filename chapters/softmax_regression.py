@@ -33,8 +33,9 @@ import d2lite as d2l
 
 # %%
 if __name__ == "__main__":
-    args = d2l.chapter_args("softmax_regression", "Softmax regression (D2L 4.4-4.5)", epochs=10,
-                            batch_size=256, lr=0.1, resize=28)
+    args = d2l.chapter_args(
+        "softmax_regression", "Softmax regression (D2L 4.4-4.5)", epochs=10, batch_size=256, lr=0.1, resize=28
+    )
     model = d2l.SoftmaxRegression(num_outputs=10, lr=args.lr)
     model.layer_summary((1, args.resize, args.resize, 1))
 
@@ -49,8 +50,9 @@ if __name__ == "__main__":
 
 # %%
 if __name__ == "__main__":
-    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
-                            **args.data_options)
+    data = d2l.FashionMNIST(
+        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
+    )
     trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
     trainer.fit(model, data)
 

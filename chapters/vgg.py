@@ -64,13 +64,19 @@ class VGG(d2l.Classifier, kw_only=True):
     training: bool = True
 
     def setup(self):
-        self.net = nn.Sequential([
-            *(vgg_block(num_convs, channels) for num_convs, channels in self.arch),
-            flatten,
-            nn.Dense(4096), nn.relu, nn.Dropout(0.5, deterministic=not self.training),
-            nn.Dense(4096), nn.relu, nn.Dropout(0.5, deterministic=not self.training),
-            nn.Dense(self.num_classes),
-        ])  # fmt: skip
+        self.net = nn.Sequential(
+            [
+                *(vgg_block(num_convs, channels) for num_convs, channels in self.arch),
+                flatten,
+                nn.Dense(4096),
+                nn.relu,
+                nn.Dropout(0.5, deterministic=not self.training),
+                nn.Dense(4096),
+                nn.relu,
+                nn.Dropout(0.5, deterministic=not self.training),
+                nn.Dense(self.num_classes),
+            ]
+        )
 
 
 VGG11_ARCH = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
@@ -87,8 +93,9 @@ SMALL_VGG11_ARCH = tuple((num_convs, channels // 4) for num_convs, channels in V
 
 # %%
 if __name__ == "__main__":
-    args = d2l.chapter_args("vgg", "VGG (D2L 8.2)", epochs=10, batch_size=128,
-                            lr=0.01, resize=224, smoke_resize=32)
+    args = d2l.chapter_args(
+        "vgg", "VGG (D2L 8.2)", epochs=10, batch_size=128, lr=0.01, resize=224, smoke_resize=32
+    )
     model = VGG(arch=SMALL_VGG11_ARCH, lr=args.lr)
     model.layer_summary((1, args.resize, args.resize, 1))
 
@@ -103,8 +110,9 @@ if __name__ == "__main__":
 
 # %%
 if __name__ == "__main__":
-    data = d2l.FashionMNIST(batch_size=args.batch_size, resize=(args.resize, args.resize),
-                            **args.data_options)
+    data = d2l.FashionMNIST(
+        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
+    )
     trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
     trainer.fit(model, data)
 

@@ -44,10 +44,22 @@ class ProgressBoard:
     figure is made at the first drawing: every model carries a board, and most are never drawn.
     """
 
-    def __init__(self, xlabel=None, ylabel=None, xlim=None, ylim=None,
-                 xscale="linear", yscale="linear", ls=("-", "--", "-.", ":"),
-                 colors=("C0", "C1", "C2", "C3"), fig=None, axes=None, figsize=(3.5, 2.5),
-                 display=True, save_dir=None):
+    def __init__(
+        self,
+        xlabel=None,
+        ylabel=None,
+        xlim=None,
+        ylim=None,
+        xscale="linear",
+        yscale="linear",
+        ls=("-", "--", "-.", ":"),
+        colors=("C0", "C1", "C2", "C3"),
+        fig=None,
+        axes=None,
+        figsize=(3.5, 2.5),
+        display=True,
+        save_dir=None,
+    ):
         self.xlabel, self.ylabel = xlabel, ylabel
         self.xlim, self.ylim = xlim, ylim
         self.xscale, self.yscale = xscale, yscale
@@ -97,8 +109,7 @@ class ProgressBoard:
         for label in self.data:  # dict order = order first seen, so styles are stable
             if label not in self._lines:
                 i = len(self._lines)
-                style = dict(linestyle=self.ls[i % len(self.ls)],
-                             color=self.colors[i % len(self.colors)])
+                style = dict(linestyle=self.ls[i % len(self.ls)], color=self.colors[i % len(self.colors)])
                 (self._lines[label],) = ax.plot([], [], label=label, **style)
                 self._dirty.add(label)
                 new_label = True
@@ -182,8 +193,20 @@ def set_axes(axes, xlabel, ylabel, xlim, ylim, xscale, yscale, legend):
     axes.grid()
 
 
-def plot(X, Y=None, xlabel=None, ylabel=None, legend=None, xlim=None, ylim=None, xscale="linear",
-         yscale="linear", fmts=("-", "m--", "g-.", "r:"), figsize=(3.5, 2.5), axes=None):
+def plot(
+    X,
+    Y=None,
+    xlabel=None,
+    ylabel=None,
+    legend=None,
+    xlim=None,
+    ylim=None,
+    xscale="linear",
+    yscale="linear",
+    fmts=("-", "m--", "g-.", "r:"),
+    figsize=(3.5, 2.5),
+    axes=None,
+):
     """Plot one or more curves on pyplot's current axes (or `axes`), as the book's `d2l.plot`.
 
     `X` and `Y` are each one sequence of numbers or a list of them; with `Y` left out, `X`
@@ -194,7 +217,8 @@ def plot(X, Y=None, xlabel=None, ylabel=None, legend=None, xlim=None, ylim=None,
 
     def one_curve(values):  # a flat sequence of numbers, not a list of sequences
         return getattr(values, "ndim", None) == 1 or (
-            isinstance(values, list) and not hasattr(values[0], "__len__"))
+            isinstance(values, list) and not hasattr(values[0], "__len__")
+        )
 
     if one_curve(X):
         X = [X]
@@ -219,15 +243,14 @@ def show_images(imgs, num_rows, num_cols, titles=None, scale=1.5):
     """A pyplot grid of images (grayscale for 2-D ones) with optional titles; returns the axes."""
     from matplotlib import pyplot as plt
 
-    _, axes = plt.subplots(num_rows, num_cols, figsize=(num_cols * scale, num_rows * scale),
-                           squeeze=False)
+    _, axes = plt.subplots(num_rows, num_cols, figsize=(num_cols * scale, num_rows * scale), squeeze=False)
     axes = axes.reshape(-1)
     for i, (ax, img) in enumerate(zip(axes, imgs, strict=False)):
         ax.imshow(np.asarray(img), cmap="gray")
         ax.set_axis_off()
         if titles is not None and i < len(titles):
             ax.set_title(titles[i], fontsize=8)
-    for ax in axes[len(imgs):]:
+    for ax in axes[len(imgs) :]:
         ax.set_axis_off()
     return axes
 
@@ -254,8 +277,17 @@ class ProgressLine:
     over all remaining epochs, which would mean fighting tqdm more than using it.
     """
 
-    def __init__(self, total_epochs, steps_per_epoch, batch_size, stream=None, tty=None,
-                 clock=time.perf_counter, min_interval=0.1, log_interval=60.0):
+    def __init__(
+        self,
+        total_epochs,
+        steps_per_epoch,
+        batch_size,
+        stream=None,
+        tty=None,
+        clock=time.perf_counter,
+        min_interval=0.1,
+        log_interval=60.0,
+    ):
         self.total_epochs, self.steps_per_epoch = total_epochs, steps_per_epoch
         self.batch_size = batch_size
         self.stream = sys.stderr if stream is None else stream
@@ -324,8 +356,10 @@ class ProgressLine:
     def _live_text(self):
         total = max(self.steps_per_epoch, 1)
         filled = min(10, 10 * self._steps // total)
-        text = (f"epoch {self.epoch + 1}/{self.total_epochs} [{'#' * filled}{'.' * (10 - filled)}]"
-                f" {self._steps}/{self.steps_per_epoch}")
+        text = (
+            f"epoch {self.epoch + 1}/{self.total_epochs} [{'#' * filled}{'.' * (10 - filled)}]"
+            f" {self._steps}/{self.steps_per_epoch}"
+        )
         if self._loss is not None:
             text += f" loss {self._loss:.3f}"
         rate = self._rate()

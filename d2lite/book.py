@@ -9,6 +9,7 @@ measured, instead of Flax's 0.99: at 0.99 the statistics average over about 100 
 short run is evaluated with statistics still near their initial values. Layers a reader
 writes with `nn.BatchNorm` keep Flax's default.
 """
+
 import random
 from functools import partial
 from types import FunctionType
@@ -53,8 +54,9 @@ def num_gpus():
 
 def gpu(i=0):
     if i >= num_gpus():
-        raise D2LiteError(f"there is no GPU {i}: this machine has {num_gpus()} "
-                          f"(try_gpu({i}) falls back to the CPU)")  # fmt: skip
+        raise D2LiteError(
+            f"there is no GPU {i}: this machine has {num_gpus()} (try_gpu({i}) falls back to the CPU)"
+        )
     return jax.devices("gpu")[i]
 
 
@@ -170,14 +172,22 @@ class LeNet(Classifier):
         conv = partial(nn.Conv, kernel_size=(5, 5), kernel_init=self.kernel_init())
         dense = partial(nn.Dense, kernel_init=self.kernel_init())
         pool = lambda x: nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))  # noqa: E731
-        self.net = nn.Sequential([
-            conv(6, padding="SAME"), nn.sigmoid, pool,
-            conv(16, padding="VALID"), nn.sigmoid, pool,
-            lambda x: x.reshape((x.shape[0], -1)),  # flatten
-            dense(120), nn.sigmoid,
-            dense(84), nn.sigmoid,
-            dense(self.num_classes),
-        ])  # fmt: skip
+        self.net = nn.Sequential(
+            [
+                conv(6, padding="SAME"),
+                nn.sigmoid,
+                pool,
+                conv(16, padding="VALID"),
+                nn.sigmoid,
+                pool,
+                lambda x: x.reshape((x.shape[0], -1)),  # flatten
+                dense(120),
+                nn.sigmoid,
+                dense(84),
+                nn.sigmoid,
+                dense(self.num_classes),
+            ]
+        )
 
 
 def changes_shape(X, num_channels, strides):
@@ -224,8 +234,9 @@ def grouped_conv(lhs, rhs, window_strides, padding, *args, feature_group_count=1
         # full[..., G * group_in + i, g * group_out + o] = blocks[..., i, g, o] if G == g else 0
         full = jnp.einsum("...igo,Gg->...Gigo", blocks, jnp.eye(groups, dtype=rhs.dtype))
         rhs, groups = full.reshape(*window, groups * group_in, out), 1
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, *args, feature_group_count=groups,
-                                    **kwargs)  # fmt: skip
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, *args, feature_group_count=groups, **kwargs
+    )
 
 
 class ResNeXtBlock(nn.Module):
@@ -250,18 +261,27 @@ class ResNeXtBlock(nn.Module):
     def __call__(self, X):
         bot_channels = int(round(self.num_channels * self.bot_mul))
         if bot_channels % self.groups:
-            raise D2LiteError(f"ResNeXtBlock: {bot_channels} bottleneck channels (num_channels * bot_mul) "
-                              f"do not split into groups of {self.groups}")  # fmt: skip
+            raise D2LiteError(
+                f"ResNeXtBlock: {bot_channels} bottleneck channels (num_channels * bot_mul) "
+                f"do not split into groups of {self.groups}"
+            )
         norm = partial(BatchNorm, use_running_average=not self.training)
         Y = nn.relu(norm(name="bn1")(nn.Conv(bot_channels, kernel_size=(1, 1), name="conv1")(X)))
-        Y = nn.Conv(bot_channels, kernel_size=(3, 3), strides=self.strides, padding="SAME",
-                    feature_group_count=bot_channels // self.groups, conv_general_dilated=grouped_conv,
-                    name="conv2")(Y)  # fmt: skip
+        Y = nn.Conv(
+            bot_channels,
+            kernel_size=(3, 3),
+            strides=self.strides,
+            padding="SAME",
+            feature_group_count=bot_channels // self.groups,
+            conv_general_dilated=grouped_conv,
+            name="conv2",
+        )(Y)
         Y = nn.relu(norm(name="bn2")(Y))
         Y = norm(name="bn3")(nn.Conv(self.num_channels, kernel_size=(1, 1), name="conv3")(Y))
         if self.use_1x1conv or changes_shape(X, self.num_channels, self.strides):
-            X = norm(name="bn4")(nn.Conv(self.num_channels, kernel_size=(1, 1), strides=self.strides,
-                                         name="conv4")(X))  # fmt: skip
+            X = norm(name="bn4")(
+                nn.Conv(self.num_channels, kernel_size=(1, 1), strides=self.strides, name="conv4")(X)
+            )
         return nn.relu(Y + X)
 
 

@@ -13,6 +13,7 @@ storage layer raises (tensorstore also prints stray tracebacks when a read fails
 
 orbax is imported on first use: it takes seconds, and runs without a directory never need it.
 """
+
 import hashlib
 import json
 import os
@@ -37,8 +38,11 @@ def _pausing_path_class(step):
     class PausingTemporaryPath(atomicity.AtomicRenameTemporaryPath):
         async def finalize(self):
             if self.get_final().name == str(step):  # the step folder, not one of its items
-                print(f"d2lite: checkpoint {step} written, pausing before its commit",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"d2lite: checkpoint {step} written, pausing before its commit",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 time.sleep(600)
             await super().finalize()
 
@@ -137,8 +141,10 @@ class Checkpoints:
             if earlier
             else "there is no earlier checkpoint: start a new run"
         )
-        return D2LiteError(f"checkpoint {self.path(step)} cannot be read, it may be corrupted "
-                           f"({type(error).__name__}: {reason}); {fallback}")  # fmt: skip
+        return D2LiteError(
+            f"checkpoint {self.path(step)} cannot be read, it may be corrupted "
+            f"({type(error).__name__}: {reason}); {fallback}"
+        )
 
 
 def _file_hashes(folder):

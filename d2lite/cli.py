@@ -1,4 +1,5 @@
 """The options every chapter shares: flags in a script, defaults in a notebook, runs that resume."""
+
 import argparse
 import functools
 import os
@@ -55,8 +56,10 @@ class ChapterParser(argparse.ArgumentParser):
             parent = Path(RUNS) / parsed.chapter
             resume = run_dir = runs.latest_run(parent)
             if run_dir is None:
-                raise D2LiteError(f"no run of {parsed.chapter} to resume in {parent}: start one with "
-                                  f"python -m chapters.{parsed.chapter}")  # fmt: skip
+                raise D2LiteError(
+                    f"no run of {parsed.chapter} to resume in {parent}: start one with "
+                    f"python -m chapters.{parsed.chapter}"
+                )
         saved = runs.read_config(run_dir).get("args", {})
         flags = {action.dest for action in self._actions} - {"resume", "out_dir", "help"}
         self.set_defaults(**{k: v for k, v in saved.items() if k in flags})
@@ -75,52 +78,107 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
-    parser = ChapterParser(prog=f"python -m chapters.{name}", description=description,
-                           formatter_class=HelpFormatter)  # fmt: skip
-    parser.add_argument("--epochs", type=positive_int, default=None,
-                        help=f"training epochs (default: {epochs}, or 2 with --quick)")
+    parser = ChapterParser(
+        prog=f"python -m chapters.{name}", description=description, formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        help=f"training epochs (default: {epochs}, or 2 with --quick)",
+    )
     parser.set_defaults(default_epochs=epochs, chapter=name)
     parser.add_argument("--batch-size", type=positive_int, default=batch_size, help="examples per step")
-    parser.add_argument("--lr", type=positive_float, default=lr,
-                        help="learning rate" + ("" if lr else " (default: the optimizer's)"))
+    parser.add_argument(
+        "--lr",
+        type=positive_float,
+        default=lr,
+        help="learning rate" + ("" if lr else " (default: the optimizer's)"),
+    )
     if resize is not None:  # a chapter on images
-        parser.add_argument("--resize", type=positive_int, default=resize,
-                            help="image height and width in pixels (Fashion-MNIST is 28)")  # fmt: skip
-        parser.add_argument("--num-train", type=positive_int, default=None, metavar="N",
-                            help="train on the first N training images (default: all 60000)")  # fmt: skip
-        parser.add_argument("--num-val", type=positive_int, default=None, metavar="N",
-                            help="validate on the first N test images (default: all 10000)")  # fmt: skip
-        parser.add_argument("--data-dir", default=None,
-                            help="folder with the four Fashion-MNIST .gz files "
-                                 "(default: $D2LITE_DATA, user cache, Debian package, download)")  # fmt: skip
-        parser.add_argument("--predictions", action="store_true",
-                            help="after training, save predictions.png in the run directory: validation "
-                                 "images with their true and predicted labels, mistakes first")  # fmt: skip
-    parser.add_argument("--out-dir", "--run-dir", dest="out_dir", metavar="DIR", default=None,
-                        help="the run directory: config.json, metrics.csv, the live plot "
-                             f"(progress.png/.svg), checkpoints/ (default: {RUNS}/{name}/<date>-<time>)")
-    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="DIR",
-                        help=f"continue a run from its last checkpoint: the newest run in {RUNS}/{name} "
-                             "(or --out-dir), or the run directory or checkpoint DIR; flags not given "
-                             "keep the run's values")  # fmt: skip
-    parser.add_argument("--keep-checkpoints", type=positive_int, default=3,
-                        help="how many of the newest checkpoints to keep")  # fmt: skip
-    parser.add_argument("--steps-per-dispatch", type=steps_per_dispatch, default="auto",
-                        help="training steps per jitted call (helps small models); auto: 1 on a CPU, "
-                             "up to 32 on GPUs")  # fmt: skip
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
-                        help="compute dtype of the forward and backward passes; parameters, optimizer "
-                             "state and loss stay float32")  # fmt: skip
-    parser.add_argument("--distributed", action="store_true",
-                        help="several hosts: join them with jax.distributed.initialize() first (Slurm, "
-                             "Open MPI and TPU pods are detected; else set JAX_COORDINATOR_ADDRESS "
-                             "(host:port), JAX_NUM_PROCESSES and JAX_PROCESS_ID); each batch is split "
-                             "over all devices")  # fmt: skip
+        parser.add_argument(
+            "--resize",
+            type=positive_int,
+            default=resize,
+            help="image height and width in pixels (Fashion-MNIST is 28)",
+        )
+        parser.add_argument(
+            "--num-train",
+            type=positive_int,
+            default=None,
+            metavar="N",
+            help="train on the first N training images (default: all 60000)",
+        )
+        parser.add_argument(
+            "--num-val",
+            type=positive_int,
+            default=None,
+            metavar="N",
+            help="validate on the first N test images (default: all 10000)",
+        )
+        parser.add_argument(
+            "--data-dir",
+            default=None,
+            help="folder with the four Fashion-MNIST .gz files "
+            "(default: $D2LITE_DATA, user cache, Debian package, download)",
+        )
+        parser.add_argument(
+            "--predictions",
+            action="store_true",
+            help="after training, save predictions.png in the run directory: validation "
+            "images with their true and predicted labels, mistakes first",
+        )
+    parser.add_argument(
+        "--out-dir",
+        "--run-dir",
+        dest="out_dir",
+        metavar="DIR",
+        default=None,
+        help="the run directory: config.json, metrics.csv, the live plot "
+        f"(progress.png/.svg), checkpoints/ (default: {RUNS}/{name}/<date>-<time>)",
+    )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="DIR",
+        help=f"continue a run from its last checkpoint: the newest run in {RUNS}/{name} "
+        "(or --out-dir), or the run directory or checkpoint DIR; flags not given "
+        "keep the run's values",
+    )
+    parser.add_argument(
+        "--keep-checkpoints", type=positive_int, default=3, help="how many of the newest checkpoints to keep"
+    )
+    parser.add_argument(
+        "--steps-per-dispatch",
+        type=steps_per_dispatch,
+        default="auto",
+        help="training steps per jitted call (helps small models); auto: 1 on a CPU, up to 32 on GPUs",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="float32",
+        help="compute dtype of the forward and backward passes; parameters, optimizer "
+        "state and loss stay float32",
+    )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="several hosts: join them with jax.distributed.initialize() first (Slurm, "
+        "Open MPI and TPU pods are detected; else set JAX_COORDINATOR_ADDRESS "
+        "(host:port), JAX_NUM_PROCESSES and JAX_PROCESS_ID); each batch is split "
+        "over all devices",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the weights, the order and dropout")
     overrides = "--epochs, --num-train or --num-val say" if resize else "--epochs says"
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: {QUICK_BATCHES} batches per epoch, 2 epochs, 2 validation batches, "
-                             f"unless {overrides} otherwise")  # fmt: skip
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: {QUICK_BATCHES} batches per epoch, 2 epochs, 2 validation batches, "
+        f"unless {overrides} otherwise",
+    )
     return parser
 
 
@@ -207,7 +265,12 @@ def start_distributed():
         jax.distributed.initialize(**counts)
     except (RuntimeError, ValueError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise D2LiteError(f"--distributed: could not join the other processes ({first}); on one "
-                          "machine leave it out: all its devices are used anyway") from error  # fmt: skip
-    print(f"distributed: process {jax.process_index()} of {jax.process_count()}, "
-          f"{jax.device_count()} devices in all", flush=True)  # fmt: skip
+        raise D2LiteError(
+            f"--distributed: could not join the other processes ({first}); on one "
+            "machine leave it out: all its devices are used anyway"
+        ) from error
+    print(
+        f"distributed: process {jax.process_index()} of {jax.process_count()}, "
+        f"{jax.device_count()} devices in all",
+        flush=True,
+    )

@@ -7,6 +7,7 @@ directory chosen for JAX itself (JAX_COMPILATION_CACHE_DIR) is left as it is;
 D2LITE_COMPILE_CACHE=0 turns the cache off. It must be set before the first compilation,
 so `import d2lite` sets it.
 """
+
 import os
 
 import jax

@@ -6,6 +6,7 @@ uint8 28x28 until then: scaling and resizing cost nothing on the host and 47 MB 
 device. Data modules written the book's way, with only `get_dataloader(train)`, still
 work: their batches are gathered into arrays once.
 """
+
 import math
 
 import jax
@@ -53,8 +54,12 @@ class DataModule(HyperParameters):
         if type(self).arrays is DataModule.arrays:  # each default would call the other
             raise NotImplementedError(f"{type(self).__name__} defines neither get_dataloader nor arrays")
         preprocess = jax.jit(self.preprocess)
-        return Loader(self.arrays(train), self.batch_size, shuffle=train,
-                      transform=lambda batch: jax.device_get(preprocess(batch)))  # fmt: skip
+        return Loader(
+            self.arrays(train),
+            self.batch_size,
+            shuffle=train,
+            transform=lambda batch: jax.device_get(preprocess(batch)),
+        )
 
     def train_dataloader(self):
         return self.get_dataloader(train=True)
@@ -107,8 +112,18 @@ class FashionMNIST(DataModule):
     """
 
     num_classes = 10
-    LABELS = ("t-shirt", "trouser", "pullover", "dress", "coat",
-              "sandal", "shirt", "sneaker", "bag", "ankle boot")  # fmt: skip
+    LABELS = (
+        "t-shirt",
+        "trouser",
+        "pullover",
+        "dress",
+        "coat",
+        "sandal",
+        "shirt",
+        "sneaker",
+        "bag",
+        "ankle boot",
+    )
 
     def __init__(self, batch_size=64, resize=(28, 28), data_dir=None, num_train=None, num_val=None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:

@@ -6,6 +6,7 @@ writable choice of the same list), using tensorflow-datasets' TensorFlow-free do
 
     python -m d2lite.fetch [--data-dir DIR]
 """
+
 import argparse
 import gzip
 import math
@@ -30,15 +31,17 @@ FILES = {
 OFFICIAL_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 # (size, sha256) of the official .gz files, as in tfds's url_checksums/fashion_mnist.txt.
 OFFICIAL_CHECKSUMS: dict[str, tuple[int, str]] = {
-    "t10k-images-idx3-ubyte.gz":
-        (4422102, "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
-    "t10k-labels-idx1-ubyte.gz":
-        (5148, "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
-    "train-images-idx3-ubyte.gz":
-        (26421880, "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
-    "train-labels-idx1-ubyte.gz":
-        (29515, "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
-}  # fmt: skip
+    "t10k-images-idx3-ubyte.gz": (
+        4422102,
+        "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+    ),
+    "t10k-labels-idx1-ubyte.gz": (5148, "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+    "train-images-idx3-ubyte.gz": (
+        26421880,
+        "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    ),
+    "train-labels-idx1-ubyte.gz": (29515, "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+}
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 ALL_FILES = FILES["train"] + FILES["test"]
 PROBE_TIMEOUT_S = 10
@@ -98,17 +101,18 @@ def read_idx(path, expected_shape: tuple) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise D2LiteError(f"{fail}: no IDX magic number at its start; {_fix_for(path)}")
     if data[2] != 0x08:
-        raise D2LiteError(f"{fail}: IDX type 0x{data[2]:02x} is not uint8 (0x08); "
-                          f"{_fix_for(path)}")
+        raise D2LiteError(f"{fail}: IDX type 0x{data[2]:02x} is not uint8 (0x08); {_fix_for(path)}")
     ndim = data[3]
     if ndim != len(expected_shape):
-        raise D2LiteError(f"{fail}: magic 0x{int.from_bytes(data[:4], 'big'):08x} means "
-                          f"{ndim}-D, expected {len(expected_shape)}-D {what}; "
-                          "check which file is which, or " + _fix_for(path))
+        raise D2LiteError(
+            f"{fail}: magic 0x{int.from_bytes(data[:4], 'big'):08x} means "
+            f"{ndim}-D, expected {len(expected_shape)}-D {what}; "
+            "check which file is which, or " + _fix_for(path)
+        )
     header = 4 + 4 * ndim
     if len(data) < header:
         raise D2LiteError(f"{fail}: its header is cut short; {_fix_for(path)}")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     pairs = zip(shape, expected_shape, strict=True)
     if any(want is not None and got != want for got, want in pairs):
         got = " x ".join(map(str, shape))
@@ -118,8 +122,10 @@ def read_idx(path, expected_shape: tuple) -> np.ndarray:
     body, promised = len(data) - header, math.prod(shape)
     if body != promised:
         problem = "extra" if body > promised else "missing"
-        raise D2LiteError(f"{fail}: {abs(body - promised)} {problem} bytes after the header "
-                          f"(shape {shape} needs {promised}, found {body}); {_fix_for(path)}")
+        raise D2LiteError(
+            f"{fail}: {abs(body - promised)} {problem} bytes after the header "
+            f"(shape {shape} needs {promised}, found {body}); {_fix_for(path)}"
+        )
     # A copy, because a view of the immutable bytes would be read-only for the caller.
     return np.frombuffer(data, np.uint8, offset=header).reshape(shape).copy()
 
@@ -132,11 +138,15 @@ def read_split(directory, split) -> tuple[np.ndarray, np.ndarray]:
     images = read_idx(Path(directory) / images_name, (None, 28, 28))
     labels = read_idx(Path(directory) / labels_name, (None,))
     if len(images) != len(labels):
-        raise D2LiteError(f"{directory}: {len(images)} {split} images but {len(labels)} labels; "
-                          "the two files come from different sources, delete both to fetch again")
+        raise D2LiteError(
+            f"{directory}: {len(images)} {split} images but {len(labels)} labels; "
+            "the two files come from different sources, delete both to fetch again"
+        )
     if labels.size and labels.max() > 9:
-        raise D2LiteError(f"{Path(directory) / labels_name} has label {labels.max()}, expected "
-                          f"0..9; {_fix_for(Path(directory) / labels_name)}")
+        raise D2LiteError(
+            f"{Path(directory) / labels_name} has label {labels.max()}, expected "
+            f"0..9; {_fix_for(Path(directory) / labels_name)}"
+        )
     return images, labels
 
 
@@ -144,17 +154,16 @@ def _probe(url: str) -> None:
     # tfds's requests session retries a refused connection 10 times with exponential backoff
     # (about 200 s) and sets no timeout, so we check reachability ourselves, once, with one.
     try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
-                               timeout=PROBE_TIMEOUT_S).close()
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=PROBE_TIMEOUT_S).close()
     except urllib.error.HTTPError as e:
         e.close()
         if e.code != 405:  # a server that only refuses HEAD may still serve the GET
-            raise D2LiteError(f"downloading {url} failed (HTTP {e.code}: wrong URL?); "
-                              f"{HOW_TO_GET_DATA}") from e
+            raise D2LiteError(
+                f"downloading {url} failed (HTTP {e.code}: wrong URL?); {HOW_TO_GET_DATA}"
+            ) from e
     except OSError as e:
         reason = getattr(e, "reason", None) or e
-        raise D2LiteError(f"downloading {url} failed ({reason}): no network? "
-                          f"{HOW_TO_GET_DATA}") from e
+        raise D2LiteError(f"downloading {url} failed ({reason}): no network? {HOW_TO_GET_DATA}") from e
 
 
 def _download(dest: Path, base_url: str, checksums: dict) -> None:
@@ -172,30 +181,38 @@ def _download(dest: Path, base_url: str, checksums: dict) -> None:
         dest.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".download.tmp.", dir=dest))
     except OSError as e:
-        raise D2LiteError(f"cannot write to {dest} ({e.strerror or e}); "
-                          "pass data_dir= or set D2LITE_DATA to a writable folder") from e
+        raise D2LiteError(
+            f"cannot write to {dest} ({e.strerror or e}); "
+            "pass data_dir= or set D2LITE_DATA to a writable folder"
+        ) from e
     urls = {name: base_url.rstrip("/") + "/" + name for name in ALL_FILES}
     try:
         # Every file tfds writes (its `*.tmp.*` folders, `.INFO` files, `extracted/`) stays in
         # `tmp`, which goes away below whatever happens; a file mismatching its checksum too.
         manager = DownloadManager(
-            download_dir=tmp, force_checksums_validation=True,
-            url_infos={url: UrlInfo(size=Size(checksums[name][0]),
-                                    checksum=checksums[name][1], filename=name)
-                       for name, url in urls.items()})
+            download_dir=tmp,
+            force_checksums_validation=True,
+            url_infos={
+                url: UrlInfo(size=Size(checksums[name][0]), checksum=checksums[name][1], filename=name)
+                for name, url in urls.items()
+            },
+        )
         downloaded = {}
         for name, url in urls.items():
             _probe(url)
             try:
                 downloaded[name] = Path(manager.download(url))
             except NonMatchingChecksumError as e:
-                raise D2LiteError(f"{name} downloaded from {url} does not match its checksum "
-                                  "(a wrong or tampered mirror?); try again later or "
-                                  f"{HOW_TO_GET_DATA}") from e
+                raise D2LiteError(
+                    f"{name} downloaded from {url} does not match its checksum "
+                    "(a wrong or tampered mirror?); try again later or "
+                    f"{HOW_TO_GET_DATA}"
+                ) from e
             except (DownloadError, OSError) as e:  # requests' errors are OSErrors
                 reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise D2LiteError(f"downloading {url} failed ({reason}): no network? "
-                                  f"{HOW_TO_GET_DATA}") from e
+                raise D2LiteError(
+                    f"downloading {url} failed ({reason}): no network? {HOW_TO_GET_DATA}"
+                ) from e
         for name, path in downloaded.items():
             os.replace(path, dest / name)  # same file system, so atomic
     finally:
@@ -217,8 +234,10 @@ def fetch(data_dir=None, *, base_url=None, checksums=None) -> tuple[Path, str]:
     except D2LiteError as error:
         if data_dir is None:
             raise
-        raise D2LiteError(f"data_dir {dest} does not hold the four Fashion-MNIST files and they could not "
-                          f"be downloaded there: {error}") from error  # fmt: skip
+        raise D2LiteError(
+            f"data_dir {dest} does not hold the four Fashion-MNIST files and they could not "
+            f"be downloaded there: {error}"
+        ) from error
     return dest, f"downloaded from {base_url} to {dest}"
 
 

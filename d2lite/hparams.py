@@ -1,4 +1,5 @@
 """HyperParameters and add_to_class: the book's two idioms for building classes in a notebook."""
+
 import inspect
 
 
@@ -30,9 +31,7 @@ class HyperParameters:
             names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
             skip = set(ignore) | {"self"}
             self.hparams = {
-                name: caller.f_locals[name]
-                for name in names
-                if name not in skip and not name.startswith("_")
+                name: caller.f_locals[name] for name in names if name not in skip and not name.startswith("_")
             }
         finally:
             del caller  # frames hold references to every local: do not keep them alive

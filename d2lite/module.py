@@ -10,6 +10,7 @@ on the host when the book's cadence says a point is due, so no step waits for th
 d2lite's shorter style works too: a `loss(Y_hat, Y, averaged=True)` that takes predictions
 (the book's PyTorch signature). `objective` runs whichever kind of `loss` a model has.
 """
+
 import contextlib
 import dataclasses
 import inspect
@@ -59,8 +60,9 @@ class Module(nn.Module, HyperParameters):
     plot_train_per_epoch: int = dataclasses.field(default=2, kw_only=True)
     plot_valid_per_epoch: int = dataclasses.field(default=1, kw_only=True)
     # Each model gets its own board, so a cell can set `model.board.yscale = 'log'` before fit.
-    board: ProgressBoard = dataclasses.field(default_factory=ProgressBoard, init=False, repr=False,
-                                             compare=False)  # fmt: skip
+    board: ProgressBoard = dataclasses.field(
+        default_factory=ProgressBoard, init=False, repr=False, compare=False
+    )
 
     def loss(self, y_hat, y):
         raise NotImplementedError
@@ -85,8 +87,11 @@ class Module(nn.Module, HyperParameters):
         """
         if takes_predictions(self.loss):
             Y_hat, updates = state.apply_fn(
-                {"params": params, "batch_stats": state.batch_stats}, *batch[:-1],
-                mutable=["batch_stats"], rngs={"dropout": state.dropout_rng})  # fmt: skip
+                {"params": params, "batch_stats": state.batch_stats},
+                *batch[:-1],
+                mutable=["batch_stats"],
+                rngs={"dropout": state.dropout_rng},
+            )
             return self.loss(Y_hat, batch[-1]), updates
         value = self.loss(params, batch[:-1], batch[-1], state)
         return value if isinstance(value, tuple) else (value, {})
@@ -139,8 +144,11 @@ class Classifier(Module):
         dropout layers get the state's key; `(losses, updates)` per example when not averaged.
         """
         Y_hat, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, *X,
-            mutable=["batch_stats"], rngs={"dropout": state.dropout_rng})  # fmt: skip
+            {"params": params, "batch_stats": state.batch_stats},
+            *X,
+            mutable=["batch_stats"],
+            rngs={"dropout": state.dropout_rng},
+        )
         Y_hat = Y_hat.reshape((-1, Y_hat.shape[-1])).astype(jnp.float32)
         losses = optax.softmax_cross_entropy_with_integer_labels(Y_hat, Y.reshape(-1))
         return (losses.mean() if averaged else losses), updates

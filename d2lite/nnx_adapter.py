@@ -6,6 +6,7 @@ Linen collections (`params`, and `batch_stats` for `nnx.BatchNorm`) and merges i
 each call. The NNX model's `__call__(x, *, train)` receives this module's `training` flag,
 so evaluation with `model.clone(training=False)` works as for Linen models.
 """
+
 from collections.abc import Callable
 
 import jax.numpy as jnp

@@ -7,6 +7,7 @@ the optimizer never sees a bfloat16 number. BatchNorm statistics are not paramet
 stay float32 and Flax computes them in float32. bfloat16 has float32's exponent range, so
 unlike float16 it needs no loss scaling.
 """
+
 import jax
 import jax.numpy as jnp
 

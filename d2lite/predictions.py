@@ -4,6 +4,7 @@ The book (D2L 4.4, 7.6) shows the mistakes of a batch with `data.visualize`, tit
 true label over the predicted one; here the mistakes come first, titled in red, then correct
 predictions fill the grid.
 """
+
 import math
 
 import jax
@@ -36,8 +37,10 @@ def predict_validation(trainer, max_examples=2048):
     parts = [jax.device_get(predict(trainer.state, trainer.val_arrays, i)) for i in range(num_batches)]
     X, y, outputs = (np.concatenate(p)[: trainer.num_val_examples] for p in zip(*parts, strict=True))
     if outputs.ndim != 2:
-        raise D2LiteError(f"{type(model).__name__} outputs shape {outputs.shape[1:]} per example: "
-                          "predictions need a classifier's (num_classes,) scores")  # fmt: skip
+        raise D2LiteError(
+            f"{type(model).__name__} outputs shape {outputs.shape[1:]} per example: "
+            "predictions need a classifier's (num_classes,) scores"
+        )
     return X, y.reshape(-1), outputs.argmax(axis=1)
 
 
@@ -59,8 +62,10 @@ def plot_predictions(trainer, path=None, num_rows=4, num_cols=8, scale=1.5):
     for ax, mistake in zip(axes, wrong[order], strict=False):
         if mistake:
             ax.title.set_color("C3")
-    fig.suptitle(f"{int(wrong.sum())} mistakes in {len(y)} validation images "
-                 "(titles: true label, then predicted)", fontsize=9)  # fmt: skip
+    fig.suptitle(
+        f"{int(wrong.sum())} mistakes in {len(y)} validation images (titles: true label, then predicted)",
+        fontsize=9,
+    )
     fig.set_size_inches(num_cols * scale, num_rows * (scale + 0.4) + 0.3)  # room for 2-line titles
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     if path is not None:

@@ -6,6 +6,7 @@ A run resumes exactly: epoch e's batches come from the permutation `fold_in(shuf
 and step s's dropout key from `fold_in(dropout_rng, s)`, so restoring the TrainState, the
 shuffle key and the position in the epoch continues the same stream of batches and keys.
 """
+
 import time
 from pathlib import Path
 
@@ -32,10 +33,15 @@ class RecordedRun:
 
     def _settings(self):
         """What a resumed run must share with the run it continues."""
-        trainer = {k: self.hparams[k] for k in ("gradient_clip_val", "seed", "limit_train_batches",
-                                                "limit_val_batches")}  # fmt: skip
-        return {"model": runs.model_settings(self.model), "data": runs.data_settings(self.data),
-                "trainer": runs.describe(trainer)}  # fmt: skip
+        trainer = {
+            k: self.hparams[k]
+            for k in ("gradient_clip_val", "seed", "limit_train_batches", "limit_val_batches")
+        }
+        return {
+            "model": runs.model_settings(self.model),
+            "data": runs.data_settings(self.data),
+            "trainer": runs.describe(trainer),
+        }
 
     def _open_run(self, step):
         """Open the run's checkpoints; for a resume, check it and return the checkpoint's meta."""
@@ -48,15 +54,19 @@ class RecordedRun:
         steps = self.checkpoints.steps()
         if not self.resume:
             if steps:
-                raise D2LiteError(f"{self.run_path} already holds a run (checkpoint {steps[-1]}): resume "
-                                  "it (--resume, resume=True) or use another run directory")  # fmt: skip
+                raise D2LiteError(
+                    f"{self.run_path} already holds a run (checkpoint {steps[-1]}): resume "
+                    "it (--resume, resume=True) or use another run directory"
+                )
             print(f"run directory: {self.run_path}", flush=True)
             return None
         for name in self.checkpoints.unfinished:
             print(f"removed {name}: a checkpoint whose writing was cut off", flush=True)
         if not steps:
-            raise D2LiteError(f"{self.run_path} has no checkpoint to resume from (the run stopped before "
-                              "one was saved): start a new run")  # fmt: skip
+            raise D2LiteError(
+                f"{self.run_path} has no checkpoint to resume from (the run stopped before "
+                "one was saved): start a new run"
+            )
         step = steps[-1] if step is None else step
         if step not in steps:
             raise D2LiteError(f"{self.run_path} has no checkpoint {step}; it has {steps}")
@@ -64,20 +74,34 @@ class RecordedRun:
         meta["step"] = step
         differences = runs.mismatches(meta["settings"], self._settings())
         if differences:
-            raise D2LiteError(f"cannot resume {self.run_path} with different settings: "
-                              f"{'; '.join(differences)} (resume with the run's settings, or start a "
-                              "new run)")  # fmt: skip
+            raise D2LiteError(
+                f"cannot resume {self.run_path} with different settings: "
+                f"{'; '.join(differences)} (resume with the run's settings, or start a "
+                "new run)"
+            )
         return meta
 
     def _write_config(self, resumed=None):
         kept = resumed and (self.run_path / runs.CONFIG).is_file()
-        config = runs.read_config(self.run_path) if kept else {
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"), **(runs.describe(self.run_info) or {}),
-            **self._settings(), "parameters": sum(int(p.size) for p in jax.tree.leaves(self.state.params)),
-            "environment": runs.environment(), "resumed": [],
-        }  # fmt: skip
-        config["trainer"] = runs.describe({k: v for k, v in self.hparams.items() if k not in (
-            "run_dir", "resume", "out_dir", "run_info", "progress", "plot")})  # fmt: skip
+        config = (
+            runs.read_config(self.run_path)
+            if kept
+            else {
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                **(runs.describe(self.run_info) or {}),
+                **self._settings(),
+                "parameters": sum(int(p.size) for p in jax.tree.leaves(self.state.params)),
+                "environment": runs.environment(),
+                "resumed": [],
+            }
+        )
+        config["trainer"] = runs.describe(
+            {
+                k: v
+                for k, v in self.hparams.items()
+                if k not in ("run_dir", "resume", "out_dir", "run_info", "progress", "plot")
+            }
+        )
         if resumed:
             config.setdefault("resumed", []).append(resumed)
         runs.write_config(self.run_path, config)
@@ -97,12 +121,15 @@ class RecordedRun:
             runs.write_metrics(self.run_path, self.history)
         step = finished * self.num_train_batches + position
         meta = {
-            "epoch": finished, "position": position, "seconds_in_epoch": seconds,
+            "epoch": finished,
+            "position": position,
+            "seconds_in_epoch": seconds,
             "losses_in_epoch": losses,
-            "wall_time": self._wall_time(), "history": self.history,
+            "wall_time": self._wall_time(),
+            "history": self.history,
             "board": {"data": self.board.data, "raw_points": self.board.raw_points},
             "settings": self._settings(),
-        }  # fmt: skip
+        }
         arrays = self._checkpoint_arrays()
         meta["arrays"] = _shapes(arrays)
         self.checkpoints.save(step, arrays, meta)
@@ -139,8 +166,14 @@ class RecordedRun:
         for name, lines in board.items():
             setattr(self.board, name, {label: [tuple(p) for p in line] for label, line in lines.items()})
         runs.write_metrics(self.run_path, self.history)
-        self._write_config(resumed={"at": time.strftime("%Y-%m-%d %H:%M:%S"), "step": meta["step"],
-                                    "epoch": self.epoch, "position": position})  # fmt: skip
+        self._write_config(
+            resumed={
+                "at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "step": meta["step"],
+                "epoch": self.epoch,
+                "position": position,
+            }
+        )
         where = f"epoch {self.epoch + 1}" + (f", step {position + 1}" if position else "")
         if self.epoch >= self.max_epochs:
             where = f"its end: all {self.max_epochs} epochs are done (raise max_epochs, --epochs, to go on)"
@@ -149,5 +182,7 @@ class RecordedRun:
 
 def _shapes(arrays):
     """{'path': 'shape dtype'} of a pytree's leaves, to tell whether a checkpoint fits a model."""
-    return {jax.tree_util.keystr(path): f"{tuple(np.shape(leaf))} {jnp.result_type(leaf)}"
-            for path, leaf in jax.tree_util.tree_leaves_with_path(arrays)}  # fmt: skip
+    return {
+        jax.tree_util.keystr(path): f"{tuple(np.shape(leaf))} {jnp.result_type(leaf)}"
+        for path, leaf in jax.tree_util.tree_leaves_with_path(arrays)
+    }

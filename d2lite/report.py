@@ -4,6 +4,7 @@ It writes `runs/REPORT.md`, a table per chapter (parameters, epochs, best and fi
 validation accuracy, training speed, device) and `runs/report.png`, the validation
 accuracy curves of each chapter's best run in one figure.
 """
+
 import argparse
 import datetime
 import statistics
@@ -25,14 +26,16 @@ def collect(root):
         history = runs.read_metrics(run_dir)
         default = run_dir.parent.name if run_dir.parent != root else run_dir.name
         accuracies = [(r["epoch"], r["val_acc"]) for r in history if r.get("val_acc") is not None]
-        found.append({
-            "chapter": config.get("chapter") or default,
-            "run": run_dir.relative_to(root).as_posix(),
-            "config": config,
-            "history": history,
-            "accuracies": accuracies,
-            "best": max(accuracies, key=lambda a: a[1]) if accuracies else None,
-        })  # fmt: skip
+        found.append(
+            {
+                "chapter": config.get("chapter") or default,
+                "run": run_dir.relative_to(root).as_posix(),
+                "config": config,
+                "history": history,
+                "accuracies": accuracies,
+                "best": max(accuracies, key=lambda a: a[1]) if accuracies else None,
+            }
+        )
     return found
 
 
@@ -76,8 +79,17 @@ def _row(run):
     ]
 
 
-COLUMNS = ["run", "model", "parameters", "epochs", "best val acc", "final val acc", "examples/s",
-           "training time", "device"]  # fmt: skip
+COLUMNS = [
+    "run",
+    "model",
+    "parameters",
+    "epochs",
+    "best val acc",
+    "final val acc",
+    "examples/s",
+    "training time",
+    "device",
+]
 
 
 def write_report(root="runs", out=None):
@@ -86,8 +98,9 @@ def write_report(root="runs", out=None):
     out = Path(out) if out is not None else root / "REPORT.md"
     found = collect(root)
     if not found:
-        raise D2LiteError(f"no runs in {root}/ (no config.json below it): train a chapter first, "
-                          "e.g. make lenet")  # fmt: skip
+        raise D2LiteError(
+            f"no runs in {root}/ (no config.json below it): train a chapter first, e.g. make lenet"
+        )
     chapters = {}
     for run in found:
         chapters.setdefault(run["chapter"], []).append(run)
@@ -106,8 +119,7 @@ def write_report(root="runs", out=None):
     if plotted:
         lines += [f"![Validation accuracy of each chapter's best run]({figure.name})", ""]
     for chapter in sorted(chapters):
-        lines += [f"## {chapter}", "", "| " + " | ".join(COLUMNS) + " |",
-                  "|" + "---|" * len(COLUMNS)]  # fmt: skip
+        lines += [f"## {chapter}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
         lines += ["| " + " | ".join(_row(run)) + " |" for run in chapters[chapter]]
         lines.append("")
     text = "\n".join(lines)

@@ -1,13 +1,14 @@
 """Run directories: what a fit records, so that runs can be resumed, looked at and compared.
 
-    runs/<chapter>/<date>-<time>/      (the chapter CLI's default; any folder works)
-        config.json    model, data and trainer settings, versions, devices, the chapter's flags
-        metrics.csv    one row per epoch: epoch, step, train_loss, val_loss, val_acc,
-                       examples_per_s, seconds (training time of the epoch), wall_time
-                       (seconds since the run began, counting only time spent training)
-        progress.png   the live plot (and progress.svg)
-        checkpoints/   orbax checkpoints, one folder per training step (see checkpoint.py)
+runs/<chapter>/<date>-<time>/      (the chapter CLI's default; any folder works)
+    config.json    model, data and trainer settings, versions, devices, the chapter's flags
+    metrics.csv    one row per epoch: epoch, step, train_loss, val_loss, val_acc,
+                   examples_per_s, seconds (training time of the epoch), wall_time
+                   (seconds since the run began, counting only time spent training)
+    progress.png   the live plot (and progress.svg)
+    checkpoints/   orbax checkpoints, one folder per training step (see checkpoint.py)
 """
+
 import csv
 import dataclasses
 import datetime
@@ -71,8 +72,11 @@ def describe(value):
     if isinstance(value, list | tuple):
         return [describe(v) for v in value]
     if isinstance(value, functools.partial):
-        return {"partial": describe(value.func), "args": describe(value.args),
-                "keywords": describe(value.keywords)}  # fmt: skip
+        return {
+            "partial": describe(value.func),
+            "args": describe(value.args),
+            "keywords": describe(value.keywords),
+        }
     if hasattr(value, "__qualname__"):  # functions and classes
         return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
     return re.sub(r" at 0x[0-9a-f]+", "", repr(value))
@@ -80,8 +84,11 @@ def describe(value):
 
 def model_settings(model):
     """The model's class and hyperparameters (its dataclass fields)."""
-    fields = {f.name: describe(getattr(model, f.name)) for f in dataclasses.fields(model)
-              if f.init and f.name not in ("parent", "name", "training")}  # fmt: skip
+    fields = {
+        f.name: describe(getattr(model, f.name))
+        for f in dataclasses.fields(model)
+        if f.init and f.name not in ("parent", "name", "training")
+    }
     return {"class": describe(type(model)), **fields}
 
 
@@ -89,8 +96,7 @@ def data_settings(data):
     """The data module's class and the settings that decide the examples and their order."""
     hparams = getattr(data, "hparams", {})
     where = ("data_dir", "root", "num_workers")  # where the files are, not what they hold
-    return {"class": describe(type(data)),
-            **{k: describe(v) for k, v in hparams.items() if k not in where}}  # fmt: skip
+    return {"class": describe(type(data)), **{k: describe(v) for k, v in hparams.items() if k not in where}}
 
 
 def environment():

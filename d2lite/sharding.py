@@ -10,6 +10,7 @@ one device's up to the order of summation.
 Several hosts: call `jax.distributed.initialize()` first (the chapters' `--distributed`);
 `jax.devices()` then lists every host's devices and each host feeds the same replicated data.
 """
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding

@@ -21,6 +21,7 @@ computes in bfloat16 around float32 state (precision.py).
 With a run directory the host also writes, between epochs, the metrics and a checkpoint,
 and a run resumes exactly (recording.py).
 """
+
 import contextlib
 import itertools
 import math
@@ -104,22 +105,42 @@ class Trainer(RecordedRun, HyperParameters):
     steps, saves a checkpoint when there is a run directory, and raises `TrainingInterrupted`.
     """
 
-    def __init__(self, max_epochs, num_gpus=0, gradient_clip_val=0, *, seed=0, out_dir=None,
-                 run_dir=None, resume=None, keep_checkpoints=3, run_info=None,
-                 steps_per_dispatch="auto", limit_train_batches=None, limit_val_batches=None,
-                 devices=None, precision="float32", progress=True, plot=True):  # fmt: skip
+    def __init__(
+        self,
+        max_epochs,
+        num_gpus=0,
+        gradient_clip_val=0,
+        *,
+        seed=0,
+        out_dir=None,
+        run_dir=None,
+        resume=None,
+        keep_checkpoints=3,
+        run_info=None,
+        steps_per_dispatch="auto",
+        limit_train_batches=None,
+        limit_val_batches=None,
+        devices=None,
+        precision="float32",
+        progress=True,
+        plot=True,
+    ):
         smoke = fast_dev_run()
         if smoke:
             max_epochs = 1
             limit_train_batches = min(limit_train_batches or smoke, smoke)
             limit_val_batches = min(limit_val_batches or smoke, smoke)
-            print(f"{FAST_DEV_RUN}={smoke}: a smoke run of 1 epoch, {limit_train_batches} training "
-                  f"and {limit_val_batches} validation batches", file=sys.stderr)
+            print(
+                f"{FAST_DEV_RUN}={smoke}: a smoke run of 1 epoch, {limit_train_batches} training "
+                f"and {limit_val_batches} validation batches",
+                file=sys.stderr,
+            )
         positive_ints = {"max_epochs": max_epochs, "keep_checkpoints": keep_checkpoints}
         if steps_per_dispatch != "auto":
             positive_ints["steps_per_dispatch"] = steps_per_dispatch
-        positive_ints.update(limit_train_batches=limit_train_batches or 1,
-                             limit_val_batches=limit_val_batches or 1)  # fmt: skip
+        positive_ints.update(
+            limit_train_batches=limit_train_batches or 1, limit_val_batches=limit_val_batches or 1
+        )
         for name, value in positive_ints.items():
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise D2LiteError(f"{name} must be a positive integer, got {value!r}")
@@ -202,13 +223,14 @@ class Trainer(RecordedRun, HyperParameters):
         inputs = example[:-1]
         rngs = {"params": params_key, "dropout": init_dropout_key}
         try:
-            variables = jax.jit(lambda rngs, inputs: self.model.apply_init(inputs, key=rngs))(
-                rngs, inputs
-            )
+            variables = jax.jit(lambda rngs, inputs: self.model.apply_init(inputs, key=rngs))(rngs, inputs)
             outputs, intermediates = jax.eval_shape(
-                lambda v, x: self.eval_model.apply(v, *x, capture_intermediates=True,
-                                                   mutable=["intermediates"]),
-                variables, inputs)  # fmt: skip
+                lambda v, x: self.eval_model.apply(
+                    v, *x, capture_intermediates=True, mutable=["intermediates"]
+                ),
+                variables,
+                inputs,
+            )
         except (TypeError, ValueError, ZeroDivisionError) as error:
             raise input_error(self.model, inputs[0].shape, error) from error
         self._check_shapes(inputs, outputs, intermediates)
@@ -269,15 +291,17 @@ class Trainer(RecordedRun, HyperParameters):
                 outputs = jax.tree.map(lambda x: x[None], outputs)
             else:  # unrolled on CPU, whose loops run ~3x slower than straight code; GPUs loop fine
                 unroll = num_steps if self.unroll_chunks else 1
-                state, outputs = lax.scan(lambda s, i: train_step(s, arrays, i), state, indices,
-                                          unroll=unroll)  # fmt: skip
+                state, outputs = lax.scan(
+                    lambda s, i: train_step(s, arrays, i), state, indices, unroll=unroll
+                )
             return parallel.keep_replicated(state), outputs
 
         eval_model, eval_apply = self.eval_model, compute_in(self.precision, self.eval_model.apply)
 
         def eval_batch(state, arrays, mask, index, totals):
-            rows = [parallel.split(lax.dynamic_slice_in_dim(a, index * batch_size, batch_size))
-                    for a in arrays]  # fmt: skip
+            rows = [
+                parallel.split(lax.dynamic_slice_in_dim(a, index * batch_size, batch_size)) for a in arrays
+            ]
             weights = parallel.split(lax.dynamic_slice_in_dim(mask, index * batch_size, batch_size))
             eval_state = state.replace(apply_fn=eval_apply)
 
@@ -306,8 +330,12 @@ class Trainer(RecordedRun, HyperParameters):
         self.history = []
         self._partial_epoch = None  # (losses, seconds) of an epoch resumed midway
         self._wall_time_before = 0.0  # training seconds of the run's earlier sessions
-        self.progress_line = ProgressLine(self.max_epochs, self.num_train_batches, self.batch_size,
-                                     stream=sys.stderr if self.progress else _Silent())  # fmt: skip
+        self.progress_line = ProgressLine(
+            self.max_epochs,
+            self.num_train_batches,
+            self.batch_size,
+            stream=sys.stderr if self.progress else _Silent(),
+        )
         try:
             resume_meta = self._open_run(resume_step)
             if self.run_path is not None and getattr(data, "source", None):
@@ -352,8 +380,9 @@ class Trainer(RecordedRun, HyperParameters):
                 where = f"in epoch {self.epoch + 1} after step {start} of {self.num_train_batches}"
                 raise self._interrupted(where, checkpoint)
             num_steps = min(self.dispatch_steps, self.num_train_batches - start)
-            self.state, outputs = self._train_chunk(self.state, self.train_arrays, order, start,
-                                                    num_steps=num_steps)  # fmt: skip
+            self.state, outputs = self._train_chunk(
+                self.state, self.train_arrays, order, start, num_steps=num_steps
+            )
             unread.append(outputs)
             if len(unread) > 1:
                 # Wait for the chunk before the one just queued: the device stays busy while the
@@ -371,15 +400,17 @@ class Trainer(RecordedRun, HyperParameters):
         self.progress_line.advance(self.num_train_batches - finished, loss=losses[-1])
         self.train_batch_idx = (self.epoch + 1) * self.num_train_batches
         seconds = seconds_before + time.perf_counter() - started
-        record = {"epoch": self.epoch + 1, "step": self.train_batch_idx,
-                  "train_loss": float(np.mean(losses))}  # fmt: skip
+        record = {"epoch": self.epoch + 1, "step": self.train_batch_idx, "train_loss": float(np.mean(losses))}
         metrics = self.evaluate()
         for key, value in sorted(metrics.items(), key=lambda item: item[0] != "loss"):  # loss first
             record["val_" + key] = value
             self.board.draw(self.epoch + 1, value, "val_" + key)  # exact means: one point an epoch
         self.val_batch_idx += self.num_val_batches
-        record.update(examples_per_s=self.num_train_batches * self.batch_size / seconds,
-                      seconds=seconds, wall_time=self._wall_time())  # fmt: skip
+        record.update(
+            examples_per_s=self.num_train_batches * self.batch_size / seconds,
+            seconds=seconds,
+            wall_time=self._wall_time(),
+        )
         self.history.append(record)
         self.progress_line.end_epoch({k: v for k, v in record.items() if k.startswith(("train", "val"))})
 
@@ -438,8 +469,11 @@ class Trainer(RecordedRun, HyperParameters):
             self._stop_requested = True
             saving = " and saving a checkpoint" if self.checkpoints is not None else ""
             again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
-            print(f"\n{names[signum]}: stopping after the current step{saving}{again}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"\n{names[signum]}: stopping after the current step{saving}{again}",
+                file=sys.stderr,
+                flush=True,
+            )
 
         for s in handled:
             signal.signal(s, request_stop)
@@ -451,8 +485,9 @@ class Trainer(RecordedRun, HyperParameters):
 
     def _interrupted(self, where, checkpoint):
         if checkpoint is not None:
-            return TrainingInterrupted(f"interrupted {where}: checkpoint saved in {checkpoint}",
-                                       checkpoint, self.run_path)  # fmt: skip
+            return TrainingInterrupted(
+                f"interrupted {where}: checkpoint saved in {checkpoint}", checkpoint, self.run_path
+            )
         return TrainingInterrupted(f"interrupted {where} (no run directory, so no checkpoint)")
 
     def _wall_time(self):

@@ -1,4 +1,5 @@
 """Small helpers: d2lite's user cache folder, and a compilation counter for tests and benchmarks."""
+
 import contextlib
 import os
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Shared test fixtures: a tiny synthetic classification task and a tiny CNN."""
+
 import os
 import runpy
 import signal

@@ -3,6 +3,7 @@
 XLA_FLAGS=--xla_force_host_platform_device_count=4 must be set before JAX starts, hence a
 process of its own.
 """
+
 import json
 import sys
 
@@ -14,8 +15,9 @@ import d2lite as d2l
 
 
 def fit(devices, out_dir, steps_per_dispatch=1):
-    trainer = d2l.Trainer(max_epochs=3, devices=devices, steps_per_dispatch=steps_per_dispatch,
-                          out_dir=out_dir, progress=False)  # fmt: skip
+    trainer = d2l.Trainer(
+        max_epochs=3, devices=devices, steps_per_dispatch=steps_per_dispatch, out_dir=out_dir, progress=False
+    )
     compiles = []
     fit_epoch = trainer.fit_epoch
 
@@ -36,24 +38,37 @@ if __name__ == "__main__":
     # A recorded run on four devices, stopped after 2 epochs and resumed for the third.
     run_dir = f"{sys.argv[1]}/recorded"
     for epochs, resume in ((2, None), (3, True)):
-        resumed = d2l.Trainer(max_epochs=epochs, devices=jax.devices(), steps_per_dispatch=3, run_dir=run_dir,
-                              resume=resume, progress=False)  # fmt: skip
+        resumed = d2l.Trainer(
+            max_epochs=epochs,
+            devices=jax.devices(),
+            steps_per_dispatch=3,
+            run_dir=run_dir,
+            resume=resume,
+            progress=False,
+        )
         resumed.fit(TinyCNN(dropout=0.2), Blobs(num_train=256, num_val=70, batch_size=32))
     order = four._epoch_order(four._shuffle_key, 0)
     compiled = four._train_chunk.lower(four.state, four.train_arrays, order, 0, num_steps=1).compile()
-    print(json.dumps({
-        "devices": len(jax.devices()),
-        "one": one.history,
-        "four": four.history,
-        "resumed": resumed.history,
-        "max_param_difference": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                                    for a, b in zip(jax.tree.leaves(one.state.params), params, strict=True)),
-        "state_devices": sorted({len(leaf.sharding.device_set) for leaf in params}),
-        "compiles_per_epoch": compiles,
-        "all_reduces": compiled.as_text().count("all-reduce("),  # partitioned: the devices sum up
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "devices": len(jax.devices()),
+                "one": one.history,
+                "four": four.history,
+                "resumed": resumed.history,
+                "max_param_difference": max(
+                    float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                    for a, b in zip(jax.tree.leaves(one.state.params), params, strict=True)
+                ),
+                "state_devices": sorted({len(leaf.sharding.device_set) for leaf in params}),
+                "compiles_per_epoch": compiles,
+                "all_reduces": compiled.as_text().count("all-reduce("),  # partitioned: the devices sum up
+            }
+        )
+    )
     try:
         d2l.Trainer(max_epochs=1, devices=jax.devices(), progress=False, out_dir=sys.argv[1]).fit(
-            TinyCNN(), Blobs(batch_size=30))
+            TinyCNN(), Blobs(batch_size=30)
+        )
     except d2l.D2LiteError as error:
         print(f"error: {error}")

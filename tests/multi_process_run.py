@@ -3,6 +3,7 @@
 `python multi_process_run.py PROCESS_ID PORT OUT_DIR`; the processes meet on localhost:PORT
 as `jax.distributed` does across hosts, and train one model on the 4 devices.
 """
+
 import json
 import sys
 

@@ -151,8 +151,7 @@ class TTYStream(io.StringIO):
 
 def test_progress_line_non_tty_prints_one_line_per_epoch():
     clock, stream = FakeClock(), io.StringIO()
-    line = ProgressLine(total_epochs=10, steps_per_epoch=100, batch_size=128,
-                        stream=stream, clock=clock)
+    line = ProgressLine(total_epochs=10, steps_per_epoch=100, batch_size=128, stream=stream, clock=clock)
     line.start_epoch(2)
     for i in range(10):
         clock.now = 0.2 * (i + 1)
@@ -165,8 +164,7 @@ def test_progress_line_non_tty_prints_one_line_per_epoch():
     assert out.count("\n") == 1 and out.endswith("\n") and "\r" not in out
     text = out.strip()
     assert text.startswith("epoch 3/10")
-    assert text.index("train_loss 0.5123") < text.index("val_loss 0.498") < text.index(
-        "val_acc 0.8234")
+    assert text.index("train_loss 0.5123") < text.index("val_loss 0.498") < text.index("val_acc 0.8234")
     assert "6400 ex/s" in text  # 100 steps * 128 / 2.0 s
     assert "2.6 s" in text
     assert "ETA 0:00:18" in text  # 7 epochs left * 2.6 s
@@ -174,8 +172,9 @@ def test_progress_line_non_tty_prints_one_line_per_epoch():
 
 def test_progress_line_in_a_log_reports_slow_epochs_every_interval():
     clock, stream = FakeClock(), io.StringIO()
-    line = ProgressLine(total_epochs=2, steps_per_epoch=10, batch_size=100, stream=stream, clock=clock,
-                        log_interval=60)  # fmt: skip
+    line = ProgressLine(
+        total_epochs=2, steps_per_epoch=10, batch_size=100, stream=stream, clock=clock, log_interval=60
+    )
     line.start_epoch(0)
     for step in range(1, 11):  # 25 s per step: lines after steps 3, 6 and 9 (75, 150, 225 s)
         clock.now = 25.0 * step
@@ -190,8 +189,7 @@ def test_progress_line_in_a_log_reports_slow_epochs_every_interval():
 
 def test_progress_line_tty_redraws_with_eta():
     clock, stream = FakeClock(), TTYStream()
-    line = ProgressLine(total_epochs=3, steps_per_epoch=100, batch_size=32,
-                        stream=stream, clock=clock)
+    line = ProgressLine(total_epochs=3, steps_per_epoch=100, batch_size=32, stream=stream, clock=clock)
     assert line.tty
     line.start_epoch(0)
     clock.now = 1.0

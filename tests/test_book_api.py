@@ -1,5 +1,6 @@
 """The book's names in d2lite: helpers, aliases, devices, data and the saved models, each
 doing what the book's does."""
+
 import math
 import random
 

@@ -1,5 +1,6 @@
 """Code written the book's way trains through the same jitted Trainer: its loss and step
 signatures, methods replaced with add_to_class, its own fit_epoch loop, its plot cadence."""
+
 from functools import partial
 
 import jax
@@ -26,8 +27,13 @@ def test_one_step_gives_the_same_loss_and_gradients_in_both_styles(blobs):
     batch = blobs.preprocess(tuple(a[:32] for a in blobs.arrays(True)))
     model, key = TinyCNN(dropout=0.3), jax.random.PRNGKey(7)
     variables = model.init({"params": key, "dropout": key}, batch[0])
-    state = d2l.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optax.sgd(0.1),
-                                  batch_stats=variables["batch_stats"], dropout_rng=key)  # fmt: skip
+    state = d2l.TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=optax.sgd(0.1),
+        batch_stats=variables["batch_stats"],
+        dropout_rng=key,
+    )
 
     @partial(jax.jit, static_argnums=0)
     def step(model, state):
@@ -42,8 +48,12 @@ def test_one_step_gives_the_same_loss_and_gradients_in_both_styles(blobs):
     for a, b in zip(book, own, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     # ... and both are the cross-entropy of what the network computes, dropout key included.
-    logits, _ = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, batch[0],
-                               mutable=["batch_stats"], rngs={"dropout": state.dropout_rng})  # fmt: skip
+    logits, _ = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        batch[0],
+        mutable=["batch_stats"],
+        rngs={"dropout": state.dropout_rng},
+    )
     expected = optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
     assert float(book_loss) == pytest.approx(float(expected), rel=1e-6)
 
@@ -88,8 +98,9 @@ def test_training_points_are_plotted_at_the_books_cadence(blobs, quiet_trainer):
     losses = trainer.board.data["train_loss"]
     assert [x for x, _ in losses] == [0.1875, 0.6875, 1.1875, 1.6875]
     # One validation point an epoch, at its end, with the exact means of the history.
-    assert trainer.board.data["val_acc"] == [(epoch + 1.0, record["val_acc"])
-                                             for epoch, record in enumerate(trainer.history)]
+    assert trainer.board.data["val_acc"] == [
+        (epoch + 1.0, record["val_acc"]) for epoch, record in enumerate(trainer.history)
+    ]
     assert trainer.board is trainer.model.board and trainer.board.xlim == [0, 2]
 
 
@@ -168,16 +179,22 @@ def test_modules_written_the_books_way_match_d2lites_own(quiet_trainer):
 
         def setup(self):
             init = nn.initializers.xavier_uniform()
-            self.net = nn.Sequential([
-                nn.Conv(6, (5, 5), padding="SAME", kernel_init=init), nn.sigmoid,
-                lambda x: nn.avg_pool(x, (2, 2), strides=(2, 2)),
-                nn.Conv(16, (5, 5), padding="VALID", kernel_init=init), nn.sigmoid,
-                lambda x: nn.avg_pool(x, (2, 2), strides=(2, 2)),
-                lambda x: x.reshape((x.shape[0], -1)),
-                nn.Dense(120, kernel_init=init), nn.sigmoid,
-                nn.Dense(84, kernel_init=init), nn.sigmoid,
-                nn.Dense(self.num_classes, kernel_init=init),
-            ])  # fmt: skip
+            self.net = nn.Sequential(
+                [
+                    nn.Conv(6, (5, 5), padding="SAME", kernel_init=init),
+                    nn.sigmoid,
+                    lambda x: nn.avg_pool(x, (2, 2), strides=(2, 2)),
+                    nn.Conv(16, (5, 5), padding="VALID", kernel_init=init),
+                    nn.sigmoid,
+                    lambda x: nn.avg_pool(x, (2, 2), strides=(2, 2)),
+                    lambda x: x.reshape((x.shape[0], -1)),
+                    nn.Dense(120, kernel_init=init),
+                    nn.sigmoid,
+                    nn.Dense(84, kernel_init=init),
+                    nn.sigmoid,
+                    nn.Dense(self.num_classes, kernel_init=init),
+                ]
+            )
 
     data = d2l.FashionMNIST(batch_size=64, num_train=256, num_val=100)
     book, own = quiet_trainer(max_epochs=1, num_gpus=1), quiet_trainer(max_epochs=1)
@@ -229,7 +246,8 @@ def test_a_replaced_prepare_batch_runs_inside_the_step(blobs, quiet_trainer, mon
     trainer = quiet_trainer(max_epochs=1)
     trainer.fit(TinyCNN(use_bn=False), blobs)
     start = trainer.init_state(jax.random.split(jax.random.PRNGKey(0))[0]).params
-    np.testing.assert_array_equal(trainer.state.params["net"]["layers_0"]["kernel"],
-                                  start["net"]["layers_0"]["kernel"])  # fmt: skip
+    np.testing.assert_array_equal(
+        trainer.state.params["net"]["layers_0"]["kernel"], start["net"]["layers_0"]["kernel"]
+    )
     dense = sorted(start["net"])[-1]  # the last layer still learns the class frequencies
     assert not np.array_equal(trainer.state.params["net"][dense]["bias"], start["net"][dense]["bias"])

@@ -1,4 +1,5 @@
 """Checkpoints and resume: an interrupted run ends exactly where an uninterrupted one does."""
+
 import os
 import shutil
 import signal
@@ -109,8 +110,14 @@ def test_sigkill_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_pa
     )
     # The checkpoint of step 16 (end of epoch 2) stops with every file written, before its commit.
     env = {**os.environ, PAUSE_BEFORE_COMMIT: "16"}
-    child = subprocess.Popen([sys.executable, "-c", script, str(run_dir)], cwd=ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(run_dir)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     watchdog = threading.Timer(300, child.kill)  # never hang the test suite
     watchdog.start()
     try:
@@ -134,8 +141,9 @@ def test_sigkill_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_pa
     assert "removed 16.orbax-checkpoint-tmp: a checkpoint whose writing was cut off" in out
     assert "from checkpoint 8 at epoch 2" in out
     assert sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir()) == [8, 16, 24]
-    for a, b in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(reference.state.params),
-                    strict=True):  # fmt: skip
+    for a, b in zip(
+        jax.tree.leaves(resumed.state.params), jax.tree.leaves(reference.state.params), strict=True
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
@@ -206,8 +214,13 @@ def test_bad_resume_requests_are_clear_errors(tmp_path):
 
 def test_checkpoints_keep_the_newest_and_restore_dtypes_and_typed_keys(tmp_path):
     checkpoints = Checkpoints(tmp_path / "checkpoints", keep=2)
-    tree = {"w": jnp.arange(6, dtype=jnp.bfloat16).reshape(2, 3), "step": jnp.int32(7),
-            "key": jax.random.key(3), "raw_key": jax.random.PRNGKey(4), "empty": {}}  # fmt: skip
+    tree = {
+        "w": jnp.arange(6, dtype=jnp.bfloat16).reshape(2, 3),
+        "step": jnp.int32(7),
+        "key": jax.random.key(3),
+        "raw_key": jax.random.PRNGKey(4),
+        "empty": {},
+    }
     for step in (1, 2, 3):
         assert checkpoints.save(step, tree, {"step": step})
     assert not checkpoints.save(3, tree, {})  # never overwritten

@@ -1,4 +1,5 @@
 """The persistent compilation cache: on by default in the user cache dir, reused, can be turned off."""
+
 import os
 import subprocess
 import sys
@@ -20,8 +21,9 @@ def run(tmp_path, **env):
     environment = {k: v for k, v in os.environ.items() if k not in unset}
     # Cache even this small program (by default only those compiling for over a second).
     environment.update(XDG_CACHE_HOME=str(tmp_path), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env)
-    done = subprocess.run([sys.executable, "-c", PROGRAM], env=environment, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", PROGRAM], env=environment, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     cache_dir, hits = done.stdout.split()
     return cache_dir, int(hits)

@@ -1,4 +1,5 @@
 """FashionMNIST as a data module: arguments, subsets, preprocessing inside the jit."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

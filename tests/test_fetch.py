@@ -1,4 +1,5 @@
 """d2lite.fetch: search order, IDX validation, download through a loopback server, real data."""
+
 import functools
 import gzip
 import hashlib
@@ -48,9 +49,10 @@ def make_dataset(directory, n_train=20, n_test=10, seed=0) -> dict:
 
 
 def checksums_of(directory) -> dict:
-    return {name: ((directory / name).stat().st_size,
-                   hashlib.sha256((directory / name).read_bytes()).hexdigest())
-            for name in fetch.ALL_FILES}
+    return {
+        name: ((directory / name).stat().st_size, hashlib.sha256((directory / name).read_bytes()).hexdigest())
+        for name in fetch.ALL_FILES
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -73,8 +75,7 @@ def server(tmp_path):
         def log_message(self, *args):
             pass
 
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/", root
@@ -103,8 +104,12 @@ def test_cache_dir_follows_xdg(monkeypatch, tmp_path):
 
 
 def test_search_order_and_source(monkeypatch, tmp_path):
-    explicit, env, cache, debian = (tmp_path / "explicit", tmp_path / "env",
-                                    fetch.user_cache_dir(), fetch.DEBIAN_DIR)
+    explicit, env, cache, debian = (
+        tmp_path / "explicit",
+        tmp_path / "env",
+        fetch.user_cache_dir(),
+        fetch.DEBIAN_DIR,
+    )
     for directory in (explicit, env, cache, debian):
         make_dataset(directory)
     monkeypatch.setenv("D2LITE_DATA", str(env))
@@ -137,7 +142,7 @@ def test_corrupted_gzip(tmp_path, damage):
     if damage == "garbage":
         data = np.random.default_rng(0).bytes(len(data))
     else:  # inside the deflate stream: caught by zlib or by the CRC
-        data[len(data) // 2: len(data) // 2 + 8] = b"\xff" * 8
+        data[len(data) // 2 : len(data) // 2 + 8] = b"\xff" * 8
     path.write_bytes(bytes(data))
     with pytest.raises(D2LiteError, match=rf"{path} is truncated or corrupted .*delete it"):
         fetch.read_idx(path, (None, 28, 28))
@@ -218,8 +223,11 @@ def test_bad_checksum_leaves_nothing(server):
     checksums = checksums_of(root)
     size, sha = checksums["t10k-images-idx3-ubyte.gz"]
     checksums["t10k-images-idx3-ubyte.gz"] = (size, "0" * 64)
-    with pytest.raises(D2LiteError, match=r"t10k-images-idx3-ubyte.gz downloaded from "
-                       rf"{url}t10k-images-idx3-ubyte.gz does not match its checksum"):
+    with pytest.raises(
+        D2LiteError,
+        match=r"t10k-images-idx3-ubyte.gz downloaded from "
+        rf"{url}t10k-images-idx3-ubyte.gz does not match its checksum",
+    ):
         fetch.fetch(base_url=url, checksums=checksums)
     assert list(fetch.user_cache_dir().rglob("*")) == []  # no file, no *.tmp.* folder
 
@@ -239,8 +247,11 @@ def test_server_down_fails_fast():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     start = time.monotonic()
-    with pytest.raises(D2LiteError, match=r"failed .*no network\? pass data_dir= or set "
-                       r"D2LITE_DATA.*apt-get install dataset-fashion-mnist.*make data"):
+    with pytest.raises(
+        D2LiteError,
+        match=r"failed .*no network\? pass data_dir= or set "
+        r"D2LITE_DATA.*apt-get install dataset-fashion-mnist.*make data",
+    ):
         fetch.fetch(base_url=f"http://127.0.0.1:{port}/")
     assert time.monotonic() - start < 5
 
@@ -251,8 +262,11 @@ def test_an_explicit_data_dir_without_the_files_is_an_error_not_another_copy(tmp
         port = s.getsockname()[1]
     empty = tmp_path / "empty"
     assert all((REAL_DEBIAN_DIR / name).is_file() for name in fetch.ALL_FILES)  # another copy exists
-    with pytest.raises(D2LiteError, match=f"data_dir {empty} does not hold the four Fashion-MNIST files"
-                       r" and they could not be downloaded there: downloading .* failed") as error:
+    with pytest.raises(
+        D2LiteError,
+        match=f"data_dir {empty} does not hold the four Fashion-MNIST files"
+        r" and they could not be downloaded there: downloading .* failed",
+    ) as error:
         fetch.fetch(empty, base_url=f"http://127.0.0.1:{port}/")
     assert "\n" not in str(error.value)
 
@@ -272,7 +286,11 @@ def test_cli_reports_one_line(tmp_path):
     (tmp_path / "bad" / IMAGES).write_bytes(b"not gzip at all")
     result = subprocess.run(
         [sys.executable, "-m", "d2lite.fetch", "--data-dir", str(tmp_path / "bad")],
-        cwd=REPO, capture_output=True, text=True, timeout=60)
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()

@@ -1,4 +1,5 @@
 """HyperParameters, the book's helpers, Module and Classifier outside the Trainer."""
+
 from types import SimpleNamespace
 
 import jax

@@ -1,4 +1,5 @@
 """Every chapter as a notebook, run top to bottom in a real Jupyter kernel as a smoke run."""
+
 import math
 import re
 import runpy
@@ -24,8 +25,9 @@ def text_of(cell):
 def test_chapter_notebook_runs_in_a_kernel(name, tmp_path, monkeypatch):
     monkeypatch.setenv("D2LITE_FAST_DEV_RUN", str(SMOKE_BATCHES))  # the kernel inherits it
     notebook = TOOL["chapter_notebook"](name)
-    NotebookClient(notebook, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()  # fmt: skip
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert not [o for cell in code for o in outputs_of(cell) if o["output_type"] == "error"]
     fit = next(cell for cell in code if "trainer.fit(" in cell.source)

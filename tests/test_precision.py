@@ -1,4 +1,5 @@
 """bfloat16 compute around float32 state: what is cast, what is not, and training still works."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

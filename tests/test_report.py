@@ -1,4 +1,5 @@
 """The results report: a table per chapter and one figure, from the run directories."""
+
 import shutil
 
 import jax
@@ -9,8 +10,14 @@ from d2lite import report, runs
 
 
 def tiny_run(run_dir, chapter, **model):
-    trainer = d2l.Trainer(max_epochs=2, run_dir=run_dir, run_info={"chapter": chapter}, progress=False,
-                          plot=False, limit_train_batches=4)  # fmt: skip
+    trainer = d2l.Trainer(
+        max_epochs=2,
+        run_dir=run_dir,
+        run_info={"chapter": chapter},
+        progress=False,
+        plot=False,
+        limit_train_batches=4,
+    )
     trainer.fit(TinyCNN(**model), Blobs())
     return trainer
 
@@ -36,11 +43,17 @@ def test_report_from_two_runs(tmp_path, capsys):
 
     sections = text.split("\n## ")[1:]
     assert [s.splitlines()[0] for s in sections] == ["alpha", "beta"]
-    header = ("| run | model | parameters | epochs | best val acc | final val acc | examples/s "
-              "| training time | device |")
+    header = (
+        "| run | model | parameters | epochs | best val acc | final val acc | examples/s "
+        "| training time | device |"
+    )
     assert all(header in s for s in sections)
-    rows = {line.split(" | ")[0][3:-1]: line.strip("| ").split(" | ") for s in sections
-            for line in s.splitlines() if line.startswith("| `")}  # fmt: skip
+    rows = {
+        line.split(" | ")[0][3:-1]: line.strip("| ").split(" | ")
+        for s in sections
+        for line in s.splitlines()
+        if line.startswith("| `")
+    }
     assert sorted(rows) == ["alpha/20250101-120000", "alpha/20250102-090000", "beta/20250101-130000"]
     for run, trainer in (("alpha/20250101-120000", alpha), ("beta/20250101-130000", beta)):
         accuracies = [r["val_acc"] for r in trainer.history]
@@ -60,8 +73,9 @@ def test_report_from_two_runs(tmp_path, capsys):
 def test_report_without_runs_is_a_one_line_error(tmp_path, capsys):
     assert report.main(["--runs", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err == (f"error: no runs in {tmp_path}/ (no config.json below it): train a chapter first, "
-                   "e.g. make lenet\n")
+    assert err == (
+        f"error: no runs in {tmp_path}/ (no config.json below it): train a chapter first, e.g. make lenet\n"
+    )
 
 
 def test_chapter_falls_back_to_the_parent_folder(tmp_path):

@@ -1,4 +1,5 @@
 """Run directories: what a fit records, non-finite losses, the predictions grid, the chapter CLI."""
+
 import json
 import os
 import signal
@@ -37,23 +38,40 @@ class CountingTrainer(d2l.Trainer):
 
 def test_a_run_directory_holds_config_metrics_plot_and_the_newest_checkpoints(tmp_path):
     run_dir = tmp_path / "run"
-    trainer = CountingTrainer(max_epochs=3, run_dir=run_dir, keep_checkpoints=2, progress=False,
-                              run_info={"chapter": "tiny"})  # fmt: skip
+    trainer = CountingTrainer(
+        max_epochs=3, run_dir=run_dir, keep_checkpoints=2, progress=False, run_info={"chapter": "tiny"}
+    )
     trainer.compiles_per_epoch = []
     trainer.fit(TinyCNN(dropout=0.1), Blobs())
     assert trainer.compiles_per_epoch[1:] == [0, 0]  # checkpointing compiles nothing either
 
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "checkpoints", "config.json", "metrics.csv", "progress.png", "progress.svg"]  # fmt: skip
+        "checkpoints",
+        "config.json",
+        "metrics.csv",
+        "progress.png",
+        "progress.svg",
+    ]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["16", "24"]  # keep 2
 
     config = json.loads((run_dir / "config.json").read_text())
     assert config["chapter"] == "tiny"
-    assert config["model"] == {"class": "conftest.TinyCNN", "plot_train_per_epoch": 2,
-                               "plot_valid_per_epoch": 1, "lr": 0.1, "num_classes": 3, "use_bn": True,
-                               "dropout": 0.1}  # fmt: skip
-    assert config["data"] == {"class": "conftest.Blobs", "num_train": 256, "num_val": 70, "batch_size": 32,
-                              "seed": 0}  # fmt: skip
+    assert config["model"] == {
+        "class": "conftest.TinyCNN",
+        "plot_train_per_epoch": 2,
+        "plot_valid_per_epoch": 1,
+        "lr": 0.1,
+        "num_classes": 3,
+        "use_bn": True,
+        "dropout": 0.1,
+    }
+    assert config["data"] == {
+        "class": "conftest.Blobs",
+        "num_train": 256,
+        "num_val": 70,
+        "batch_size": 32,
+        "seed": 0,
+    }
     assert config["trainer"]["max_epochs"] == 3 and config["trainer"]["keep_checkpoints"] == 2
     assert config["parameters"] == 40 + 8 + 256 * 3 + 3  # conv, BatchNorm scale+bias, dense
     env = config["environment"]
@@ -173,8 +191,9 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_equals_an_uninterrupted_one
     stopped, whole = tmp_path / "stopped", tmp_path / "whole"
     lenet = [sys.executable, "-m", "chapters.lenet", *flags]
     output = []
-    with subprocess.Popen([*lenet, "--out-dir", str(stopped)], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True) as child:  # fmt: skip
+    with subprocess.Popen(
+        [*lenet, "--out-dir", str(stopped)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as child:
         for line in child.stdout:
             output.append(line)
             if line.startswith("live plot:"):  # mid-epoch: signal as `timeout` does
@@ -189,9 +208,12 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_equals_an_uninterrupted_one
     assert 150 <= step < 300  # stopped within the epoch, its checkpoint intact
     subprocess.run([*lenet, "--resume", str(stopped)], check=True, capture_output=True, timeout=300)
     subprocess.run([*lenet, "--out-dir", str(whole)], check=True, capture_output=True, timeout=300)
+
     def metrics(run_dir):
-        return [{k: r[k] for k in ("epoch", "step", "train_loss", "val_loss", "val_acc")}
-                for r in runs.read_metrics(run_dir)]  # fmt: skip
+        return [
+            {k: r[k] for k in ("epoch", "step", "train_loss", "val_loss", "val_acc")}
+            for r in runs.read_metrics(run_dir)
+        ]
 
     assert metrics(stopped) == metrics(whole) and len(metrics(whole)) == 1
 
@@ -219,4 +241,5 @@ def test_settings_are_described_without_memory_addresses():
     assert settings["kernel_init"] == "jax.nn.initializers.glorot_uniform"  # xavier_uniform's home
     assert runs.describe(object()) == "<object object>"
     assert runs.mismatches({"model": {"lr": 0.1, "depth": 3}}, {"model": {"lr": 0.2, "depth": 3}}) == [
-        "model lr: 0.1 in the run, 0.2 now"]  # fmt: skip
+        "model lr: 0.1 in the run, 0.2 now"
+    ]

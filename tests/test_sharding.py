@@ -1,4 +1,5 @@
 """Data parallelism over 4 CPU devices gives one device's training, and bad splits are refused."""
+
 import json
 import os
 import socket
@@ -12,16 +13,20 @@ HERE = Path(__file__).parent
 
 
 def environment(devices):
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]))  # fmt: skip
+    return dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]),
+    )
 
 
 @pytest.fixture(scope="module")
 def four_device_run(tmp_path_factory):
     env = environment(4)
     script, out_dir = HERE / "multi_device_run.py", tmp_path_factory.mktemp("run")
-    done = subprocess.run([sys.executable, str(script), str(out_dir)], env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(script), str(out_dir)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     return json.loads(lines[-2]), lines[-1]
@@ -63,10 +68,16 @@ def test_two_processes_train_like_one_device(four_device_run, tmp_path):
     with socket.socket() as probe:  # a free port for the coordinator
         probe.bind(("localhost", 0))
         port = probe.getsockname()[1]
-    processes = [subprocess.Popen([sys.executable, str(HERE / "multi_process_run.py"), str(i), str(port),
-                                   str(tmp_path)], env=environment(2), stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)  # fmt: skip
-                 for i in range(2)]  # fmt: skip
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "multi_process_run.py"), str(i), str(port), str(tmp_path)],
+            env=environment(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = [p.communicate(timeout=300) for p in processes]
     for process, (_, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr[-3000:]

@@ -1,4 +1,5 @@
 """The Trainer on tiny synthetic data: learning, clipping, BatchNorm, exact validation, compiles."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,8 +38,9 @@ def test_steps_per_dispatch_gives_the_same_training(blobs, quiet_trainer, unroll
     one.fit(TinyCNN(), blobs)
     chunked = Chunked(max_epochs=2, steps_per_dispatch=3, progress=False, plot=False)  # chunks 3, 3, 2
     chunked.fit(TinyCNN(), blobs)
-    program = chunked._train_chunk.lower(chunked.state, chunked.train_arrays,
-                                         chunked._epoch_order(chunked._shuffle_key, 0), 0, num_steps=3)
+    program = chunked._train_chunk.lower(
+        chunked.state, chunked.train_arrays, chunked._epoch_order(chunked._shuffle_key, 0), 0, num_steps=3
+    )
     assert ("while" in program.as_text()) != unroll
     for a, b in zip(jax.tree.leaves(one.state.params), jax.tree.leaves(chunked.state.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -96,8 +98,7 @@ def test_no_compilation_after_the_first_epoch(blobs, tmp_path):
                 super().fit_epoch()  # includes the evaluation in eval mode
             self.compiles_per_epoch.append(compiles.count)
 
-    trainer = CountingTrainer(max_epochs=3, steps_per_dispatch=3, out_dir=str(tmp_path),
-                              progress=False)  # fmt: skip
+    trainer = CountingTrainer(max_epochs=3, steps_per_dispatch=3, out_dir=str(tmp_path), progress=False)
     trainer.compiles_per_epoch = []
     trainer.fit(TinyCNN(dropout=0.2), blobs)
     assert trainer.compiles_per_epoch[0] > 0  # the counter does see compilations
@@ -150,13 +151,15 @@ def test_inputs_too_small_for_the_model_are_refused(quiet_trainer):
         lr: float = 0.1
 
         def setup(self):
-            self.net = nn.Sequential([
-                nn.Conv(4, (5, 5), padding="VALID"),
-                lambda x: nn.avg_pool(x, (2, 2), strides=(2, 2)),
-                nn.Conv(4, (5, 5), padding="VALID"),
-                lambda x: x.reshape((x.shape[0], -1)),
-                nn.Dense(3),
-            ])  # fmt: skip
+            self.net = nn.Sequential(
+                [
+                    nn.Conv(4, (5, 5), padding="VALID"),
+                    lambda x: nn.avg_pool(x, (2, 2), strides=(2, 2)),
+                    nn.Conv(4, (5, 5), padding="VALID"),
+                    lambda x: x.reshape((x.shape[0], -1)),
+                    nn.Dense(3),
+                ]
+            )
 
     with pytest.raises(d2l.D2LiteError, match="use a larger resize"):
         quiet_trainer().fit(NeedsBigInputs(), Blobs())

@@ -4,6 +4,7 @@ jupytext reads the `# %%` cells; the notebook gets one more cell at the top, whi
 d2lite where it is missing (on Colab, say), from this checkout's repository when it has a
 remote, else from the package index. Usage: python tools/notebooks.py [CHAPTER ...] [--out DIR]
 """
+
 import argparse
 import subprocess
 from pathlib import Path
@@ -19,8 +20,12 @@ KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
 def install_source():
     """What `%pip install` takes for d2lite: git+<remote URL> of this checkout, or the name."""
     try:
-        url = subprocess.run(["git", "-C", str(ROOT), "remote", "get-url", "origin"], capture_output=True,
-                             text=True, check=True).stdout.strip()  # fmt: skip
+        url = subprocess.run(
+            ["git", "-C", str(ROOT), "remote", "get-url", "origin"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "d2lite"
     return f"git+{url}" if url.startswith(("https://", "http://", "git@", "ssh://")) else "d2lite"
@@ -44,8 +49,9 @@ def chapter_notebook(name):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Write the chapters' notebooks.")
-    parser.add_argument("chapters", nargs="*", metavar="CHAPTER",
-                        help=f"one of {', '.join(CHAPTERS)} (default: all)")
+    parser.add_argument(
+        "chapters", nargs="*", metavar="CHAPTER", help=f"one of {', '.join(CHAPTERS)} (default: all)"
+    )
     parser.add_argument("--out", default=str(ROOT / "notebooks"), help="folder for the .ipynb files")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.chapters) - set(CHAPTERS))

@@ -1,4 +1,5 @@
 """Helpers shared by the chapter tests (imported as `from chapter_helpers import ...`)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,5 @@
 """The batch normalization chapter: the scratch layer against Flax's, the BN-LeNets, training."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,13 +14,23 @@ from chapters import batchnorm
 MOMENTUM, EPS = 0.9, 1e-5
 
 SHAPES = [  # D2L 8.5 on a (1, 28, 28, 1) input, unpadded 5x5 convolutions
-    ("Conv", (1, 24, 24, 6)), ("BatchNorm", (1, 24, 24, 6)), ("sigmoid", (1, 24, 24, 6)),
+    ("Conv", (1, 24, 24, 6)),
+    ("BatchNorm", (1, 24, 24, 6)),
+    ("sigmoid", (1, 24, 24, 6)),
     ("lambda", (1, 12, 12, 6)),
-    ("Conv", (1, 8, 8, 16)), ("BatchNorm", (1, 8, 8, 16)), ("sigmoid", (1, 8, 8, 16)),
+    ("Conv", (1, 8, 8, 16)),
+    ("BatchNorm", (1, 8, 8, 16)),
+    ("sigmoid", (1, 8, 8, 16)),
     ("lambda", (1, 4, 4, 16)),
-    ("lambda", (1, 256)), ("Dense", (1, 120)), ("BatchNorm", (1, 120)), ("sigmoid", (1, 120)),
-    ("Dense", (1, 84)), ("BatchNorm", (1, 84)), ("sigmoid", (1, 84)), ("Dense", (1, 10)),
-]  # fmt: skip
+    ("lambda", (1, 256)),
+    ("Dense", (1, 120)),
+    ("BatchNorm", (1, 120)),
+    ("sigmoid", (1, 120)),
+    ("Dense", (1, 84)),
+    ("BatchNorm", (1, 84)),
+    ("sigmoid", (1, 84)),
+    ("Dense", (1, 10)),
+]
 
 
 def batches(shape, count=4):
@@ -42,24 +53,30 @@ def test_scratch_layer_matches_flax_batchnorm(shape):
     # Learned scale and shift that are not the identity, the same in both layers.
     gamma = 1.0 + 0.1 * jnp.arange(features, dtype=jnp.float32)
     beta = -0.2 * jnp.arange(features, dtype=jnp.float32)
-    ours_params = {"gamma": gamma.reshape(ours_vars["params"]["gamma"].shape),
-                   "beta": beta.reshape(ours_vars["params"]["beta"].shape)}  # fmt: skip
+    ours_params = {
+        "gamma": gamma.reshape(ours_vars["params"]["gamma"].shape),
+        "beta": beta.reshape(ours_vars["params"]["beta"].shape),
+    }
     flax_params = {"scale": gamma, "bias": beta}
     ours_stats, flax_stats = ours_vars["batch_stats"], flax_vars["batch_stats"]
     np.testing.assert_array_equal(ours_stats["moving_mean"].reshape(-1), flax_stats["mean"])
     np.testing.assert_array_equal(ours_stats["moving_var"].reshape(-1), flax_stats["var"])
 
     for batch in X:  # training mode: batch statistics normalize, running statistics move
-        Y, ours_update = ours.apply({"params": ours_params, "batch_stats": ours_stats}, batch,
-                                    mutable=["batch_stats"])  # fmt: skip
-        Y_flax, flax_update = flax_bn.apply({"params": flax_params, "batch_stats": flax_stats},
-                                            batch, mutable=["batch_stats"])  # fmt: skip
+        Y, ours_update = ours.apply(
+            {"params": ours_params, "batch_stats": ours_stats}, batch, mutable=["batch_stats"]
+        )
+        Y_flax, flax_update = flax_bn.apply(
+            {"params": flax_params, "batch_stats": flax_stats}, batch, mutable=["batch_stats"]
+        )
         np.testing.assert_allclose(Y, Y_flax, rtol=1e-5, atol=1e-5)
         ours_stats, flax_stats = ours_update["batch_stats"], flax_update["batch_stats"]
-        np.testing.assert_allclose(ours_stats["moving_mean"].reshape(-1), flax_stats["mean"],
-                                   rtol=1e-5, atol=1e-6)  # fmt: skip
-        np.testing.assert_allclose(ours_stats["moving_var"].reshape(-1), flax_stats["var"],
-                                   rtol=1e-5, atol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(
+            ours_stats["moving_mean"].reshape(-1), flax_stats["mean"], rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            ours_stats["moving_var"].reshape(-1), flax_stats["var"], rtol=1e-5, atol=1e-6
+        )
 
     # After 4 updates the running statistics are far from their initial 0 and 1.
     assert np.abs(np.asarray(flax_stats["mean"])).max() > 0.5
@@ -70,11 +87,13 @@ def test_scratch_layer_matches_flax_batchnorm(shape):
     np.testing.assert_allclose(ours_stats["moving_mean"].reshape(-1), last_mean, rtol=1e-5, atol=1e-6)
 
     # Evaluation mode: the running statistics normalize; nothing changes.
-    evaluate = batchnorm.BatchNorm(features, num_dims=len(shape), deterministic=True,
-                                   momentum=MOMENTUM, eps=EPS)  # fmt: skip
+    evaluate = batchnorm.BatchNorm(
+        features, num_dims=len(shape), deterministic=True, momentum=MOMENTUM, eps=EPS
+    )
     probe = X[0][: len(X[0]) // 2] * 0.5 + 3.0
-    Y, unchanged = evaluate.apply({"params": ours_params, "batch_stats": ours_stats}, probe,
-                                  mutable=["batch_stats"])  # fmt: skip
+    Y, unchanged = evaluate.apply(
+        {"params": ours_params, "batch_stats": ours_stats}, probe, mutable=["batch_stats"]
+    )
     flax_evaluate = nn.BatchNorm(use_running_average=True, momentum=MOMENTUM, epsilon=EPS)
     Y_flax = flax_evaluate.apply({"params": flax_params, "batch_stats": flax_stats}, probe)
     np.testing.assert_allclose(Y, Y_flax, rtol=1e-5, atol=1e-5)
@@ -115,8 +134,9 @@ def test_layer_summary_and_parameter_count(model):
 
 
 def test_quick_training_run_with_the_scratch_layer(tmp_path, capsys):
-    chapter = run_chapter("batchnorm", "--quick", "--scratch", "--batch-size", "32", "--epochs", "3",
-                          "--out-dir", str(tmp_path))  # fmt: skip
+    chapter = run_chapter(
+        "batchnorm", "--quick", "--scratch", "--batch-size", "32", "--epochs", "3", "--out-dir", str(tmp_path)
+    )
     trainer = chapter["trainer"]
     assert type(trainer.model) is chapter["BNLeNetScratch"] and trainer.model.lr == 0.1
     losses = [record["train_loss"] for record in trainer.history]
@@ -126,8 +146,6 @@ def test_quick_training_run_with_the_scratch_layer(tmp_path, capsys):
     assert len(layers) == 4 and all(np.all(np.isfinite(np.asarray(s))) for s in jax.tree.leaves(layers))
     assert all(np.abs(np.asarray(layer["moving_mean"])).max() > 0 for layer in layers)  # they moved
     assert "BatchNorm output shape:\t (1, 24, 24, 6)" in capsys.readouterr().out
-
-
 
 
 def test_bn_lenet_keeps_its_running_statistics_with_momentum_0_9():

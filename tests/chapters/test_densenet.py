@@ -1,6 +1,7 @@
 """The DenseNet chapter: blocks, channel widths carried across blocks, parameter count.
 
 Training runs in test_notebooks.py, the chapter as a notebook."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,15 +14,22 @@ KEY = jax.random.PRNGKey(0)
 
 # D2L 8.7 on a (1, 96, 96, 1) input, with the channel count carried from block to block.
 SHAPES = [
-    ("Conv", (1, 48, 48, 64)), ("BatchNorm", (1, 48, 48, 64)), ("relu", (1, 48, 48, 64)),
+    ("Conv", (1, 48, 48, 64)),
+    ("BatchNorm", (1, 48, 48, 64)),
+    ("relu", (1, 48, 48, 64)),
     ("lambda", (1, 24, 24, 64)),
-    ("DenseBlock", (1, 24, 24, 192)), ("Sequential", (1, 12, 12, 96)),
-    ("DenseBlock", (1, 12, 12, 224)), ("Sequential", (1, 6, 6, 112)),
-    ("DenseBlock", (1, 6, 6, 240)), ("Sequential", (1, 3, 3, 120)),
+    ("DenseBlock", (1, 24, 24, 192)),
+    ("Sequential", (1, 12, 12, 96)),
+    ("DenseBlock", (1, 12, 12, 224)),
+    ("Sequential", (1, 6, 6, 112)),
+    ("DenseBlock", (1, 6, 6, 240)),
+    ("Sequential", (1, 3, 3, 120)),
     ("DenseBlock", (1, 3, 3, 248)),
-    ("BatchNorm", (1, 3, 3, 248)), ("relu", (1, 3, 3, 248)), ("global_avg_pool", (1, 248)),
+    ("BatchNorm", (1, 3, 3, 248)),
+    ("relu", (1, 3, 3, 248)),
+    ("global_avg_pool", (1, 248)),
     ("Dense", (1, 10)),
-]  # fmt: skip
+]
 
 
 def test_dense_block_and_transition_shapes_match_the_book():

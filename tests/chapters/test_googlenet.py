@@ -12,12 +12,16 @@ from chapters import googlenet
 
 # (c1, c2, c3, c4) of the nine Inception blocks of b3, b4 and b5, as in D2L 8.4
 INCEPTIONS = [
-    (64, (96, 128), (16, 32), 32), (128, (128, 192), (32, 96), 64),
-    (192, (96, 208), (16, 48), 64), (160, (112, 224), (24, 64), 64),
-    (128, (128, 256), (24, 64), 64), (112, (144, 288), (32, 64), 64),
+    (64, (96, 128), (16, 32), 32),
+    (128, (128, 192), (32, 96), 64),
+    (192, (96, 208), (16, 48), 64),
+    (160, (112, 224), (24, 64), 64),
+    (128, (128, 256), (24, 64), 64),
+    (112, (144, 288), (32, 64), 64),
     (256, (160, 320), (32, 128), 128),
-    (256, (160, 320), (32, 128), 128), (384, (192, 384), (48, 128), 128),
-]  # fmt: skip
+    (256, (160, 320), (32, 128), 128),
+    (384, (192, 384), (48, 128), 128),
+]
 
 
 def test_inception_concatenates_its_four_branches():
@@ -40,22 +44,33 @@ def test_inception_concatenates_its_four_branches():
 
 def test_layer_summary_matches_the_book():  # D2L 8.4, on a (1, 96, 96, 1) input
     assert googlenet.GoogleNet().layer_summary((1, 96, 96, 1)) == [
-        ("Sequential", (1, 24, 24, 64)), ("Sequential", (1, 12, 12, 192)),
-        ("Sequential", (1, 6, 6, 480)), ("Sequential", (1, 3, 3, 832)),
-        ("Sequential", (1, 1024)), ("Dense", (1, 10)),
-    ]  # fmt: skip
+        ("Sequential", (1, 24, 24, 64)),
+        ("Sequential", (1, 12, 12, 192)),
+        ("Sequential", (1, 6, 6, 480)),
+        ("Sequential", (1, 3, 3, 832)),
+        ("Sequential", (1, 1024)),
+        ("Dense", (1, 10)),
+    ]
 
 
 def test_any_input_size_works():
     for size in (1, 32, 224):
         assert googlenet.GoogleNet().layer_summary((1, size, size, 1))[-2:] == [
-            ("Sequential", (1, 1024)), ("Dense", (1, 10))]  # fmt: skip
+            ("Sequential", (1, 1024)),
+            ("Dense", (1, 10)),
+        ]
 
 
 def test_parameter_count():
     def inception(c_in, c1, c2, c3, c4):
-        return (c_in * c1 + c1) + (c_in * c2[0] + c2[0]) + (9 * c2[0] * c2[1] + c2[1]) \
-            + (c_in * c3[0] + c3[0]) + (25 * c3[0] * c3[1] + c3[1]) + (c_in * c4 + c4)
+        return (
+            (c_in * c1 + c1)
+            + (c_in * c2[0] + c2[0])
+            + (9 * c2[0] * c2[1] + c2[1])
+            + (c_in * c3[0] + c3[0])
+            + (25 * c3[0] * c3[1] + c3[1])
+            + (c_in * c4 + c4)
+        )
 
     expected = (49 * 1 * 64 + 64) + (64 * 64 + 64) + (9 * 64 * 192 + 192)  # b1, b2
     channels = 192

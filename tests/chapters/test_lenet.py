@@ -1,4 +1,5 @@
 """The LeNet chapter: the book's shapes, its parameter count, learning on real data, the CLI."""
+
 import subprocess
 import sys
 
@@ -11,11 +12,19 @@ import d2lite as d2l
 from chapters import lenet
 
 BOOK_SHAPES = [  # D2L 7.6, on a (1, 28, 28, 1) input
-    ("Conv", (1, 28, 28, 6)), ("sigmoid", (1, 28, 28, 6)), ("lambda", (1, 14, 14, 6)),
-    ("Conv", (1, 10, 10, 16)), ("sigmoid", (1, 10, 10, 16)), ("lambda", (1, 5, 5, 16)),
-    ("lambda", (1, 400)), ("Dense", (1, 120)), ("sigmoid", (1, 120)), ("Dense", (1, 84)),
-    ("sigmoid", (1, 84)), ("Dense", (1, 10)),
-]  # fmt: skip
+    ("Conv", (1, 28, 28, 6)),
+    ("sigmoid", (1, 28, 28, 6)),
+    ("lambda", (1, 14, 14, 6)),
+    ("Conv", (1, 10, 10, 16)),
+    ("sigmoid", (1, 10, 10, 16)),
+    ("lambda", (1, 5, 5, 16)),
+    ("lambda", (1, 400)),
+    ("Dense", (1, 120)),
+    ("sigmoid", (1, 120)),
+    ("Dense", (1, 84)),
+    ("sigmoid", (1, 84)),
+    ("Dense", (1, 10)),
+]
 
 
 def test_layer_summary_matches_the_book():
@@ -31,8 +40,7 @@ def test_parameter_count():
 
 def test_lenet_learns_fashion_mnist(tmp_path):
     data = d2l.FashionMNIST(batch_size=128, num_train=128 * 50, num_val=1000)
-    trainer = d2l.Trainer(max_epochs=2, out_dir=str(tmp_path), progress=False,
-                          steps_per_dispatch=10)  # fmt: skip
+    trainer = d2l.Trainer(max_epochs=2, out_dir=str(tmp_path), progress=False, steps_per_dispatch=10)
     trainer.fit(lenet.LeNet(lr=0.003, optimizer="adam"), data)  # the chapter's recipe, 100 steps
     assert trainer.num_val_examples == 1000
     assert trainer.history[-1]["val_acc"] > 0.5  # chance is 0.10
@@ -51,14 +59,40 @@ def test_quick_run_of_the_chapter(tmp_path, capsys):
 
 
 def test_the_books_optimizer_brings_the_books_learning_rate(tmp_path):
-    chapter = run_chapter("lenet", "--optimizer", "sgd", "--epochs", "1", "--num-train", "64", "--num-val",
-                          "64", "--batch-size", "64", "--out-dir", str(tmp_path))  # fmt: skip
+    chapter = run_chapter(
+        "lenet",
+        "--optimizer",
+        "sgd",
+        "--epochs",
+        "1",
+        "--num-train",
+        "64",
+        "--num-val",
+        "64",
+        "--batch-size",
+        "64",
+        "--out-dir",
+        str(tmp_path),
+    )
     assert chapter["model"].optimizer == "sgd" and chapter["model"].lr == 0.1
 
 
 def test_subset_and_precision_flags(tmp_path):
-    trainer = run_chapter("lenet", "--epochs", "1", "--num-train", "640", "--num-val", "70", "--batch-size",
-                          "64", "--precision", "bfloat16", "--out-dir", str(tmp_path))["trainer"]  # fmt: skip
+    trainer = run_chapter(
+        "lenet",
+        "--epochs",
+        "1",
+        "--num-train",
+        "640",
+        "--num-val",
+        "70",
+        "--batch-size",
+        "64",
+        "--precision",
+        "bfloat16",
+        "--out-dir",
+        str(tmp_path),
+    )["trainer"]
     assert trainer.num_train_examples == 640 and trainer.num_train_batches == 10
     assert trainer.num_val_examples == 70 and trainer.precision == "bfloat16"
     assert int(trainer.state.step) == 10
@@ -74,8 +108,9 @@ def test_a_script_reports_a_too_small_resize_in_one_line(tmp_path):
     assert "use a larger resize" in err and "\n" not in err
 
 
-@pytest.mark.parametrize("flag", ["--batch-size=0", "--epochs=-1", "--lr=abc", "--num-train=0",
-                                  "--steps-per-dispatch=fast"])
+@pytest.mark.parametrize(
+    "flag", ["--batch-size=0", "--epochs=-1", "--lr=abc", "--num-train=0", "--steps-per-dispatch=fast"]
+)
 def test_bad_flags_exit_with_usage(flag, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_chapter("lenet", flag)
@@ -87,8 +122,20 @@ def test_help_lists_the_flags(capsys):
     with pytest.raises(SystemExit):
         run_chapter("lenet", "--help")
     out = capsys.readouterr().out
-    for flag in ["--epochs", "--batch-size", "--lr", "--resize", "--num-train", "--num-val", "--data-dir",
-                 "--out-dir", "--precision", "--distributed", "--steps-per-dispatch", "--quick"]:
+    for flag in [
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--resize",
+        "--num-train",
+        "--num-val",
+        "--data-dir",
+        "--out-dir",
+        "--precision",
+        "--distributed",
+        "--steps-per-dispatch",
+        "--quick",
+    ]:
         assert flag in out
     assert "(default: None)" not in out and "(default: False)" not in out
     assert "(default: 10, or 2 with --quick)" in " ".join(out.split()) and out.count("default: 10") == 1

@@ -1,4 +1,5 @@
 """The linear regression chapter: the loss, recovering w and b, the CLI."""
+
 from types import SimpleNamespace
 
 import jax
@@ -23,8 +24,9 @@ def test_model_has_one_dense_unit_and_half_squared_error_loss():
 
 
 def test_learns_w_and_b(tmp_path, capsys):
-    trainer = run_chapter("linear_regression", "--epochs", "2", "--lr", "0.1",
-                          "--out-dir", str(tmp_path))["trainer"]  # 62 steps
+    trainer = run_chapter("linear_regression", "--epochs", "2", "--lr", "0.1", "--out-dir", str(tmp_path))[
+        "trainer"
+    ]  # 62 steps
     w, b = trainer.model.get_w_b(trainer.state)
     np.testing.assert_allclose(w.reshape(-1), lr.TRUE_W, atol=0.05)
     assert abs(float(b[0]) - lr.TRUE_B) < 0.05

@@ -14,11 +14,16 @@ from chapters import nin
 def test_layer_summary_matches_the_book():
     # D2L 8.3 on (1, 224, 224, 1); the book's fixed 5x5 avg_pool + flatten are one global pool.
     assert nin.NiN().layer_summary((1, 224, 224, 1)) == [
-        ("Sequential", (1, 54, 54, 96)), ("max_pool_3x3_s2", (1, 26, 26, 96)),
-        ("Sequential", (1, 26, 26, 256)), ("max_pool_3x3_s2", (1, 12, 12, 256)),
-        ("Sequential", (1, 12, 12, 384)), ("max_pool_3x3_s2", (1, 5, 5, 384)),
-        ("Dropout", (1, 5, 5, 384)), ("Sequential", (1, 5, 5, 10)), ("global_avg_pool", (1, 10)),
-    ]  # fmt: skip
+        ("Sequential", (1, 54, 54, 96)),
+        ("max_pool_3x3_s2", (1, 26, 26, 96)),
+        ("Sequential", (1, 26, 26, 256)),
+        ("max_pool_3x3_s2", (1, 12, 12, 256)),
+        ("Sequential", (1, 12, 12, 384)),
+        ("max_pool_3x3_s2", (1, 5, 5, 384)),
+        ("Dropout", (1, 5, 5, 384)),
+        ("Sequential", (1, 5, 5, 10)),
+        ("global_avg_pool", (1, 10)),
+    ]
 
 
 def test_parameter_count():

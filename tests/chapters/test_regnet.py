@@ -1,4 +1,5 @@
 """The RegNet chapter: the book's shapes, group width 16, parameter count; training: test_notebooks.py."""
+
 import jax
 import jax.numpy as jnp
 from chapter_helpers import param_count
@@ -47,6 +48,11 @@ def test_parameter_count():
 def test_anynet_builds_other_designs():
     model = regnet.AnyNet(arch=((1, 32, 8, 0.5), (2, 64, 8, 0.5), (1, 96, 16, 1)), stem_channels=16)
     assert [shape for _, shape in model.layer_summary((1, 64, 64, 1))] == [
-        (1, 32, 32, 16), (1, 16, 16, 32), (1, 8, 8, 64), (1, 4, 4, 96), (1, 10)]  # fmt: skip
+        (1, 32, 32, 16),
+        (1, 16, 16, 32),
+        (1, 8, 8, 64),
+        (1, 4, 4, 96),
+        (1, 10),
+    ]
     net = jax.eval_shape(model.init, KEY, jnp.zeros((1, 64, 64, 1)))["params"]["net"]
     assert net["layers_1"]["layers_0"]["conv2"]["kernel"].shape == (3, 3, 8, 16)  # 2 groups of 8

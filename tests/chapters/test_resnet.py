@@ -5,6 +5,7 @@ Training runs in test_notebooks.py, the chapter as a notebook.
 Shapes and counts come from `jax.eval_shape` (tracing only: no weights drawn, nothing
 compiled); the few checks of values run small modules under one `jax.jit` each.
 """
+
 import argparse
 from types import SimpleNamespace
 
@@ -17,9 +18,13 @@ from chapters import resnet
 
 KEY = jax.random.PRNGKey(0)
 BOOK_SHAPES = [  # D2L 8.6, ResNet18 on a (1, 96, 96, 1) input: b1, four stages, the head
-    ("Sequential", (1, 24, 24, 64)), ("Sequential", (1, 24, 24, 64)), ("Sequential", (1, 12, 12, 128)),
-    ("Sequential", (1, 6, 6, 256)), ("Sequential", (1, 3, 3, 512)), ("Sequential", (1, 10)),
-]  # fmt: skip
+    ("Sequential", (1, 24, 24, 64)),
+    ("Sequential", (1, 24, 24, 64)),
+    ("Sequential", (1, 12, 12, 128)),
+    ("Sequential", (1, 6, 6, 256)),
+    ("Sequential", (1, 3, 3, 512)),
+    ("Sequential", (1, 10)),
+]
 TINY_ARCH = ((1, 8),)  # one stage of one block (with a projection from the stem's 64 channels)
 
 
@@ -62,8 +67,14 @@ def test_imagenet_configurations_have_the_published_counts(preset, published):
 def test_family_layer_summary_has_the_same_layout():
     pairs = summary(resnet.resnet50(), (1, 96, 96, 1))
     assert [name for name, _ in pairs] == ["Sequential"] * 6
-    assert [shape for _, shape in pairs] == [(1, 24, 24, 64), (1, 24, 24, 256), (1, 12, 12, 512),
-                                             (1, 6, 6, 1024), (1, 3, 3, 2048), (1, 10)]  # fmt: skip
+    assert [shape for _, shape in pairs] == [
+        (1, 24, 24, 64),
+        (1, 24, 24, 256),
+        (1, 12, 12, 512),
+        (1, 6, 6, 1024),
+        (1, 3, 3, 2048),
+        (1, 10),
+    ]
     assert [len(stage.layers) for stage in resnet.resnet152().bind({}).net.layers[1:5]] == [3, 8, 36, 3]
 
 

@@ -1,4 +1,5 @@
 """The NNX ResNet chapter: shapes, parameter counts, both modes; training: test_notebooks.py."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,8 +15,14 @@ def param_count(model, shape):
 
 def test_layer_summary_has_the_book_resnet18_shapes():
     shapes = [shape for _, shape in resnet_nnx.resnet18_nnx().layer_summary((1, 96, 96, 1))]
-    assert shapes == [(1, 24, 24, 64), (1, 24, 24, 64), (1, 12, 12, 128), (1, 6, 6, 256),
-                      (1, 3, 3, 512), (1, 10)]  # fmt: skip
+    assert shapes == [
+        (1, 24, 24, 64),
+        (1, 24, 24, 64),
+        (1, 12, 12, 128),
+        (1, 6, 6, 256),
+        (1, 3, 3, 512),
+        (1, 10),
+    ]
 
 
 def test_imagenet_parameter_counts_match_the_published_ones():
@@ -41,5 +48,6 @@ def test_training_and_evaluation_modes_differ_only_through_batchnorm():
     assert train_out.shape == eval_out.shape == (4, 10)
     assert not np.allclose(train_out, eval_out)  # batch statistics vs running statistics
     before, after = variables["batch_stats"], updates["batch_stats"]
-    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after),
-                                                       strict=True))
+    assert not all(
+        np.allclose(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True)
+    )

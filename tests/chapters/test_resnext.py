@@ -1,4 +1,5 @@
 """The ResNeXt chapter: 16 groups in every stage, shapes, count; training: test_notebooks.py."""
+
 import jax
 import jax.numpy as jnp
 
@@ -24,9 +25,13 @@ def test_layer_summary_and_parameter_count():
     pairs = []
     jax.eval_shape(lambda: pairs.extend(model.layer_summary((1, 96, 96, 1), key=KEY)) or jnp.zeros(()))
     assert pairs == [  # the ResNet-18 layout of D2L 8.6, at 96x96
-        ("Sequential", (1, 24, 24, 64)), ("Sequential", (1, 24, 24, 64)), ("Sequential", (1, 12, 12, 128)),
-        ("Sequential", (1, 6, 6, 256)), ("Sequential", (1, 3, 3, 512)), ("Sequential", (1, 10)),
-    ]  # fmt: skip
+        ("Sequential", (1, 24, 24, 64)),
+        ("Sequential", (1, 24, 24, 64)),
+        ("Sequential", (1, 12, 12, 128)),
+        ("Sequential", (1, 6, 6, 256)),
+        ("Sequential", (1, 3, 3, 512)),
+        ("Sequential", (1, 10)),
+    ]
 
     def block(c_in, c, groups=16):  # bot_mul 1: the bottleneck is c wide
         convs = c_in * c + c + 9 * (c // groups) * c + c + c * c + c
