@@ -12,23 +12,38 @@
 
 
 # %%
+from collections.abc import Callable
 from functools import partial
 
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
 from flax import nnx
 from flax.core import FrozenDict
+from flax.nnx import bridge
 
 import d2lite as d2l
 from chapters.nin import global_avg_pool
 from d2lite.book import BN_MOMENTUM
-from d2lite.nnx_adapter import NNXClassifier
+from d2lite.module import layer_name
 
 # %% [markdown]
 # ## The blocks and the network
 #
 # The residual and bottleneck blocks follow the ResNet paper; the network has the ResNet-18
 # layout of the Linen chapter (stem, four stages, global average pool). It trains with AdamW
-# (lr 1e-3, weight decay 1e-4) through `d2lite.NNXClassifier`, an adapter over Flax's
+# (lr 1e-3, weight decay 1e-4) through `NNXClassifier` below, an adapter over Flax's
 # NNX-to-Linen bridge: one Trainer for both APIs.
+#
+# It is not the book's network to the last weight, but the one NNX's own ResNet examples
+# (and torchvision) build, so that its parameter counts can be checked against torchvision's:
+# - its convolutions have no bias, since the BatchNorm after each adds a shift anyway (the
+#   book's `Residual` keeps them);
+# - a projection shortcut is a 1x1 convolution followed by BatchNorm, as in the ResNet
+#   paper; the book's has no BatchNorm there;
+# - AdamW decays every parameter, BatchNorm scales and biases included, where the Linen
+#   chapter trains with the book's SGD and no weight decay at all.
+# The stem, the four stages of two blocks, the widths and the head are the same.
 
 
 # %%
@@ -87,6 +102,40 @@ class BottleneckBlock(nnx.Module):
 
 
 # %%
+class NNXClassifier(d2l.Classifier):
+    """A classifier whose network is `nnx_class(**nnx_kwargs, rngs=...)`, an NNX module.
+
+    Optimised with AdamW by default, as NNX tutorials train their ResNets.
+    """
+
+    nnx_class: Callable = None
+    nnx_kwargs: FrozenDict = FrozenDict()
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    training: bool = True
+
+    @nn.compact
+    def __call__(self, X):
+        network = bridge.ToLinen(self.nnx_class, kwargs=self.nnx_kwargs, name="nnx")
+        return network(X, train=self.training)
+
+    def configure_optimizers(self):
+        return optax.adamw(self.lr, weight_decay=self.weight_decay)
+
+    def layer_summary(self, X_shape, key=None):
+        """Output shapes of the NNX model's `layers` (each called as `layer(x, train=False)`)."""
+        from flax import nnx
+
+        model = nnx.eval_shape(lambda: self.nnx_class(**self.nnx_kwargs, rngs=nnx.Rngs(0)))
+        X = jnp.zeros(X_shape)
+        summary = []
+        for layer in model.layers:
+            X = nnx.eval_shape(lambda layer, x: layer(x, train=False), layer, X)
+            summary.append((layer_name(layer), X.shape))
+            print(f"{summary[-1][0]} output shape:\t {X.shape}")
+        return summary
+
+
 class Stem(nnx.Module):
     """7x7/2 convolution, BatchNorm, ReLU, 3x3/2 max pool: a quarter of the resolution."""
 

@@ -1,75 +1,21 @@
 """d2lite: the D2L book's training framework for JAX, with one fully jitted Trainer.
 
 `import d2lite as d2l` gives every name of the book's `d2l/jax.py` that its chapters 2-8
-use, in the book's order, then d2lite's own. `d2l.plt` is pyplot, imported on first use.
-Importing d2lite also turns on JAX's persistent compilation cache (compile_cache.py;
+use, in the book's order (`BOOK`), then d2lite's own. `d2l.plt` is pyplot, imported on
+first use. Importing d2lite also turns on JAX's persistent compilation cache (utils.py;
 D2LITE_COMPILE_CACHE=0: off).
 """
 
-from .board import ProgressBoard, ProgressLine, plot, set_axes, set_figsize, show_images, use_svg_display  # noqa: I001
-from .book import (  # the book's names, packed by line
-    SGD,
-    LeNet,
-    LinearRegression,
-    LinearRegressionScratch,
-    Residual,
-    ResNeXtBlock,
-    SoftmaxRegression,
-    abs,
-    arange,
-    argmax,
-    astype,
-    concat,
-    corr2d,
-    cos,
-    cosh,
-    cpu,
-    exp,
-    expand_dims,
-    eye,
-    float32,
-    get_key,
-    get_seed,
-    gpu,
-    int32,
-    int64,
-    linspace,
-    log,
-    matmul,
-    meshgrid,
-    nn_Module,
-    num_gpus,
-    numpy,
-    ones,
-    ones_like,
-    reduce_mean,
-    reduce_sum,
-    repeat,
-    reshape,
-    sigmoid,
-    sin,
-    sinh,
-    stack,
-    swapaxes,
-    tanh,
-    tensor,
-    to,
-    transpose,
-    try_all_gpus,
-    try_gpu,
-    zeros,
-    zeros_like,
-)
+from .board import ProgressBoard, ProgressLine, plot, set_axes, set_figsize, show_images, use_svg_display
+from .book import *  # noqa: F403 (the book's models, optimizer, devices and tensor aliases)
 from .cli import chapter_args
-from .compile_cache import enable_compile_cache
 from .data import DataModule, FashionMNIST, SyntheticRegressionData
 from .errors import D2LiteError
 from .hparams import HyperParameters, add_to_class
 from .module import Classifier, Module
-from .nnx_adapter import NNXClassifier
 from .predictions import plot_predictions
 from .trainer import Trainer, TrainingInterrupted, TrainState
-from .utils import count_compiles
+from .utils import count_compiles, enable_compile_cache
 
 enable_compile_cache()  # importing compiles nothing; the cache must be set before anything does
 
@@ -82,82 +28,14 @@ def __getattr__(name):
     raise AttributeError(f"module 'd2lite' has no attribute {name!r}")
 
 
-__all__ = [
-    # The book's names, in the order of its d2l/jax.py ...
-    "get_seed",
-    "get_key",
-    "nn_Module",
-    "use_svg_display",
-    "set_figsize",
-    "set_axes",
-    "plot",
-    "add_to_class",
-    "HyperParameters",
-    "ProgressBoard",
-    "Module",
-    "DataModule",
-    "Trainer",
-    "SyntheticRegressionData",
-    "LinearRegressionScratch",
-    "SGD",
-    "LinearRegression",
-    "FashionMNIST",
-    "show_images",
-    "Classifier",
-    "SoftmaxRegression",
-    "cpu",
-    "gpu",
-    "num_gpus",
-    "try_gpu",
-    "try_all_gpus",
-    "corr2d",
-    "LeNet",
-    "Residual",
-    "ResNeXtBlock",
-    "plt",
-    "to",
-    "numpy",
-    "transpose",
-    "sigmoid",
-    "ones_like",
-    "ones",
-    "zeros_like",
-    "zeros",
-    "arange",
-    "meshgrid",
-    "sin",
-    "sinh",
-    "cos",
-    "cosh",
-    "tanh",
-    "linspace",
-    "exp",
-    "log",
-    "tensor",
-    "expand_dims",
-    "matmul",
-    "int32",
-    "int64",
-    "float32",
-    "concat",
-    "stack",
-    "abs",
-    "eye",
-    "reshape",
-    "reduce_sum",
-    "argmax",
-    "astype",
-    "reduce_mean",
-    "swapaxes",
-    "repeat",
-    # ... then d2lite's own.
-    "D2LiteError",
-    "NNXClassifier",
-    "ProgressLine",
-    "TrainState",
-    "TrainingInterrupted",
-    "chapter_args",
-    "count_compiles",
-    "plot_predictions",
-]
-BOOK = __all__[: __all__.index("D2LiteError")]
+BOOK = """get_seed get_key nn_Module use_svg_display set_figsize set_axes plot add_to_class HyperParameters
+ProgressBoard Module DataModule Trainer SyntheticRegressionData LinearRegressionScratch SGD LinearRegression
+FashionMNIST show_images Classifier SoftmaxRegression cpu gpu num_gpus try_gpu try_all_gpus corr2d LeNet
+Residual ResNeXtBlock plt to numpy transpose sigmoid ones_like ones zeros_like zeros arange meshgrid sin sinh
+cos cosh tanh linspace exp log tensor expand_dims matmul int32 int64 float32 concat stack abs eye reshape
+reduce_sum argmax astype reduce_mean swapaxes repeat""".split()
+__all__ = (
+    BOOK
+    + """D2LiteError ProgressLine TrainState TrainingInterrupted chapter_args count_compiles
+plot_predictions""".split()
+)

@@ -25,6 +25,11 @@ from .errors import D2LiteError
 from .hparams import HyperParameters
 from .module import Classifier, Module
 
+__all__ = """nn_Module get_seed get_key cpu gpu num_gpus try_gpu try_all_gpus SGD LinearRegressionScratch
+LinearRegression SoftmaxRegression corr2d LeNet Residual ResNeXtBlock to numpy transpose sigmoid ones_like
+ones zeros_like zeros arange meshgrid linspace eye sin sinh cos cosh tanh exp log tensor expand_dims matmul
+concat stack int32 int64 float32 abs reshape reduce_sum reduce_mean argmax astype swapaxes repeat""".split()
+
 nn_Module = nn.Module
 BN_MOMENTUM = 0.9
 BatchNorm = partial(nn.BatchNorm, momentum=BN_MOMENTUM)  # spelled as the book's nn.BatchNorm(not training)
