@@ -71,10 +71,6 @@ def _candidates(data_dir=None) -> list[tuple[Path, str]]:
     return found
 
 
-def search_path(data_dir=None) -> list[Path]:
-    return [path for path, _ in _candidates(data_dir)]
-
-
 def _fix_for(path: Path) -> str:
     # Files from the Debian package are not ours to delete; everything else is re-downloadable.
     if Path(path).parent == DEBIAN_DIR:

@@ -7,6 +7,12 @@ runs/<chapter>/<date>-<time>/      (the chapter CLI's default; any folder works)
                    (seconds since the run began, counting only time spent training)
     progress.png   the live plot (and progress.svg)
     checkpoints/   orbax checkpoints, one folder per training step (see checkpoint.py)
+
+`RunDirectory` is what a Trainer's fit does with one: it reads and writes the Trainer's state
+(`state`, `epoch`, `history`, the board) between epochs and never runs inside the jit. A run
+resumes exactly: epoch e's batches come from the permutation `fold_in(shuffle_key, e)` and
+step s's dropout key from `fold_in(dropout_rng, s)`, so restoring the TrainState, the
+shuffle key and the position in the epoch continues the same stream of batches and keys.
 """
 
 import csv
@@ -19,7 +25,13 @@ import os
 import platform
 import re
 import tempfile
+import time
 from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
 
 from .errors import D2LiteError
 
@@ -203,3 +215,182 @@ def _number(key, text):
         return int(text) if key in ("epoch", "step") else float(text)
     except ValueError:
         return text
+
+
+# ------------------------------------------------------------------------- a fit's run
+class RunDirectory:
+    """The run directory of one `Trainer.fit`: its config, metrics and checkpoints, and resume."""
+
+    def __init__(self, trainer, path, step=None):
+        self.trainer, self.path, self.step = trainer, Path(path), step  # step: the checkpoint to resume
+        self.checkpoints = self.meta = None
+
+    @classmethod
+    def locate(cls, trainer):
+        """The trainer's run directory (from `run_dir` or `resume`), or None without one."""
+        resume, run_dir = trainer.resume, trainer.run_dir
+        if resume not in (None, False, True):
+            path, step = resume_target(resume)
+            if run_dir is not None and Path(run_dir).resolve() != path.resolve():
+                raise D2LiteError(f"resume={str(resume)!r} is not in run_dir={str(run_dir)!r}")
+            return cls(trainer, path, step)
+        return None if run_dir is None else cls(trainer, run_dir)
+
+    def settings(self):
+        """What a resumed run must share with the run it continues."""
+        names = ("gradient_clip_val", "seed", "limit_train_batches", "limit_val_batches")
+        trainer = self.trainer
+        return {
+            "model": model_settings(trainer.model),
+            "data": data_settings(trainer.data),
+            "trainer": describe({k: trainer.hparams[k] for k in names}),
+        }
+
+    def open(self):
+        """Open the checkpoints; for a resume, check the run and read the checkpoint's meta."""
+        from .checkpoint import Checkpoints  # imports orbax, which takes seconds
+
+        self.checkpoints = Checkpoints(self.path / CHECKPOINTS, keep=self.trainer.keep_checkpoints)
+        steps = self.checkpoints.steps()
+        if not self.trainer.resume:
+            if steps:
+                raise D2LiteError(
+                    f"{self.path} already holds a run (checkpoint {steps[-1]}): resume it (--resume, "
+                    "resume=True) or use another run directory"
+                )
+            print(f"run directory: {self.path}", flush=True)
+            return
+        for name in self.checkpoints.unfinished:
+            print(f"removed {name}: a checkpoint whose writing was cut off", flush=True)
+        if not steps:
+            raise D2LiteError(
+                f"{self.path} has no checkpoint to resume from (the run stopped before one was saved): "
+                "start a new run"
+            )
+        self.step = steps[-1] if self.step is None else self.step
+        if self.step not in steps:
+            raise D2LiteError(f"{self.path} has no checkpoint {self.step}; it has {steps}")
+        self.meta = self.checkpoints.read_meta(self.step)
+        differences = mismatches(self.meta["settings"], self.settings())
+        if differences:
+            raise D2LiteError(
+                f"cannot resume {self.path} with different settings: {'; '.join(differences)} (resume "
+                "with the run's settings, or start a new run)"
+            )
+
+    def start_or_restore(self):
+        """Write a new run's config, or put the checkpoint's state back into the trainer."""
+        if self.meta is None:
+            self.write_config()
+        else:
+            self.restore()
+
+    def write_config(self, resumed=None):
+        trainer = self.trainer
+        if resumed and (self.path / CONFIG).is_file():
+            config = read_config(self.path)
+        else:
+            config = {
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                **(describe(trainer.run_info) or {}),
+                **self.settings(),
+                "parameters": sum(int(p.size) for p in jax.tree.leaves(trainer.state.params)),
+                "environment": environment(),
+                "resumed": [],
+            }
+        not_settings = ("run_dir", "resume", "run_info", "progress", "plot")
+        config["trainer"] = describe({k: v for k, v in trainer.hparams.items() if k not in not_settings})
+        if resumed:
+            config.setdefault("resumed", []).append(resumed)
+        write_config(self.path, config)
+
+    def arrays(self):
+        """The arrays a checkpoint holds: the TrainState and the shuffle key."""
+        return {
+            "state": serialization.to_state_dict(self.trainer.state),
+            "shuffle_key": self.trainer.shuffle_key,
+        }
+
+    def save(self, partial=None):
+        """Save what fit needs to continue; return the checkpoint's path.
+
+        At the end of an epoch `partial` is None; after Ctrl-C in the middle of one it is
+        (the losses of its steps so far, seconds so far).
+        """
+        trainer = self.trainer
+        losses, seconds = partial or ([], 0.0)
+        finished = trainer.epoch if partial else trainer.epoch + 1
+        if not partial:
+            write_metrics(self.path, trainer.history)
+        step = finished * trainer.num_train_batches + len(losses)
+        arrays = self.arrays()
+        meta = {
+            "epoch": finished,
+            "position": len(losses),
+            "seconds_in_epoch": seconds,
+            "losses_in_epoch": losses,
+            "wall_time": trainer.wall_time(),
+            "history": trainer.history,
+            "board": {"data": trainer.board.data, "raw_points": trainer.board.raw_points},
+            "settings": self.settings(),
+            "arrays": _shapes(arrays),
+        }
+        self.checkpoints.save(step, arrays, meta)
+        return self.checkpoints.path(step)
+
+    def last_checkpoint(self):
+        steps = self.checkpoints.steps() if self.checkpoints is not None else []
+        return self.checkpoints.path(steps[-1]) if steps else None
+
+    def restore(self):
+        trainer, meta, step = self.trainer, self.meta, self.step
+        like = self.arrays()
+        saved, now = meta.get("arrays", {}), _shapes(like)
+        if saved != now:  # same hyperparameters, yet other parameters: the model's code changed
+            differ = [k for k in set(saved) | set(now) if saved.get(k) != now.get(k)]
+            name = min(differ, key=lambda k: ("['params']" not in k, k))  # parameters first
+            raise D2LiteError(
+                f"checkpoint {self.checkpoints.path(step)} holds other arrays than this model has ({name}: "
+                f"{saved.get(name)} in the checkpoint, {now.get(name)} now): resume with the model code "
+                "the run was trained with"
+            )
+        arrays = self.checkpoints.restore(step, like)
+        trainer.state = trainer.parallel.replicate(
+            serialization.from_state_dict(trainer.state, arrays["state"])
+        )
+        trainer.shuffle_key = trainer.parallel.replicate(arrays["shuffle_key"])
+        self.checkpoints.discard_after(step)  # a resume from an older checkpoint forks
+        trainer.epoch, position = meta["epoch"], meta["position"]
+        trainer.history = meta["history"]
+        trainer.earlier_sessions_time = meta["wall_time"]
+        if position:
+            trainer.partial_epoch = (meta["losses_in_epoch"], meta["seconds_in_epoch"])
+        trainer.train_batch_idx = trainer.epoch * trainer.num_train_batches + position
+        trainer.val_batch_idx = trainer.epoch * trainer.num_val_batches
+        # Put the plotted points back, and those still to be averaged into the next one
+        # (checkpoints of d2lite 0.1 hold only the plotted points).
+        board = meta["board"] if "raw_points" in meta["board"] else {"data": meta["board"], "raw_points": {}}
+        for name, lines in board.items():
+            setattr(trainer.board, name, {label: [tuple(p) for p in line] for label, line in lines.items()})
+        write_metrics(self.path, trainer.history)
+        now = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.write_config(resumed={"at": now, "step": step, "epoch": trainer.epoch, "position": position})
+        where = f"epoch {trainer.epoch + 1}" + (f", step {position + 1}" if position else "")
+        if trainer.epoch >= trainer.max_epochs:
+            where = (
+                f"its end: all {trainer.max_epochs} epochs are done (raise max_epochs, --epochs, to go on)"
+            )
+        print(f"resuming {self.path} from checkpoint {step} at {where}", flush=True)
+
+    def close(self):
+        if self.checkpoints is not None:
+            self.checkpoints.close()
+
+
+def _shapes(arrays):
+    """{'path': 'shape dtype'} of a pytree's leaves, to tell whether a checkpoint fits a model."""
+    leaves = jax.tree_util.tree_leaves_with_path(arrays)
+    return {
+        jax.tree_util.keystr(path): f"{tuple(np.shape(leaf))} {jnp.result_type(leaf)}"
+        for path, leaf in leaves
+    }

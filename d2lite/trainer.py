@@ -16,13 +16,12 @@ Epochs differ only in traced values (the permutation, the chunk start), so nothi
 recompiles after the first epoch. A `fit_epoch` of the reader's own (the book's loop of
 section 3.4) runs instead of ours, over `train_dataloader` and `val_dataloader`. With
 several devices each batch is split over them (sharding.py); `precision="bfloat16"`
-computes in bfloat16 around float32 state (precision.py).
-
-With a run directory the host also writes, between epochs, the metrics and a checkpoint,
-and a run resumes exactly (recording.py).
+computes in bfloat16 around float32 state (precision.py). With a run directory the host
+also writes, between epochs, the metrics and a checkpoint, and a run resumes exactly (runs.py).
 """
 
 import contextlib
+import io
 import itertools
 import math
 import os
@@ -30,7 +29,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -46,7 +44,7 @@ from .errors import D2LiteError
 from .hparams import HyperParameters
 from .module import Classifier, for_evaluation, input_error, recording_plots
 from .precision import compute_dtype, compute_in
-from .recording import RecordedRun
+from .runs import RunDirectory
 from .sharding import DataParallel, to_host
 
 # Off CPU, where a small model's step takes less time than Python needs to dispatch it.
@@ -80,7 +78,7 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.checkpoint, self.run_dir = checkpoint, run_dir
 
 
-class Trainer(RecordedRun, HyperParameters):
+class Trainer(HyperParameters):
     """Fit a `Module` to a `DataModule`: `Trainer(max_epochs=10).fit(model, data)`.
 
     `num_gpus` is accepted for the book's code (`gpus` lists those GPUs) but picks no devices:
@@ -96,8 +94,8 @@ class Trainer(RecordedRun, HyperParameters):
     run without touching the code, a notebook's included: one epoch of at most N training
     and N validation batches.
 
-    Without `run_dir`, a fit keeps its results in memory and writes only the live plot, to
-    `out_dir` (default `runs/<model class>`). With `run_dir` it is a recorded run: the plot,
+    Without `run_dir`, a fit keeps its results in memory and shows the live plot in a
+    notebook. With `run_dir` it is a recorded run (runs.py): the plot (unless `plot=False`),
     config.json, metrics.csv and a checkpoint after every epoch (the newest
     `keep_checkpoints` kept) all go there. `resume=True` continues the run in `run_dir`
     from its latest checkpoint; `resume=PATH` continues the run directory PATH, or from the
@@ -112,7 +110,6 @@ class Trainer(RecordedRun, HyperParameters):
         gradient_clip_val=0,
         *,
         seed=0,
-        out_dir=None,
         run_dir=None,
         resume=None,
         keep_checkpoints=3,
@@ -135,31 +132,28 @@ class Trainer(RecordedRun, HyperParameters):
                 f"and {limit_val_batches} validation batches",
                 file=sys.stderr,
             )
-        positive_ints = {"max_epochs": max_epochs, "keep_checkpoints": keep_checkpoints}
+        counts = dict(max_epochs=max_epochs, keep_checkpoints=keep_checkpoints)
+        counts.update(limit_train_batches=limit_train_batches or 1, limit_val_batches=limit_val_batches or 1)
         if steps_per_dispatch != "auto":
-            positive_ints["steps_per_dispatch"] = steps_per_dispatch
-        positive_ints.update(
-            limit_train_batches=limit_train_batches or 1, limit_val_batches=limit_val_batches or 1
-        )
-        for name, value in positive_ints.items():
+            counts["steps_per_dispatch"] = steps_per_dispatch
+        for name, value in counts.items():
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise D2LiteError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(gradient_clip_val, int | float) or gradient_clip_val < 0:
-            raise D2LiteError(
-                f"gradient_clip_val must be >= 0 (0 turns clipping off), got {gradient_clip_val!r}"
-            )
+            message = f"gradient_clip_val must be >= 0 (0 turns clipping off), got {gradient_clip_val!r}"
+            raise D2LiteError(message)
         compute_dtype(precision)  # a one-line error now rather than in fit
         if resume is True and run_dir is None:
             raise D2LiteError("resume=True continues the run in run_dir: give run_dir (or resume=PATH)")
-        if run_dir is not None and out_dir is not None and Path(run_dir) != Path(out_dir):
-            raise D2LiteError("give run_dir or out_dir, not both: a run directory holds the live plot too")
         self.save_hyperparameters()
         self.gpus = [book.gpu(i) for i in range(min(num_gpus, book.num_gpus()))]
-        self.state = None
-        self.history = []
-        self.checkpoints = None
-        self.run_path = None  # the run directory, resolved by fit
-        self._stop_requested, self._partial_epoch = False, None
+        self.state, self.history, self.run = None, [], None
+        self._stop_requested = False
+
+    @property
+    def run_path(self):
+        """The run directory of the last fit, or None."""
+        return None if self.run is None else self.run.path
 
     # ----------------------------------------------------------------------------- set-up
     def prepare_data(self, data):
@@ -167,37 +161,35 @@ class Trainer(RecordedRun, HyperParameters):
         # The book's loaders, for a fit_epoch of the reader's own; ours reads resident arrays.
         self.train_dataloader = _Limited(data.train_dataloader(), self.limit_train_batches)
         self.val_dataloader = _Limited(data.val_dataloader(), self.limit_val_batches)
-        batch_size = data.batch_size
-        train = data.arrays(True)
-        val = data.arrays(False)
-        num_train = len(train[-1])
-        if batch_size > num_train:
+        self.batch_size = batch_size = data.batch_size
+        train, val = data.arrays(True), data.arrays(False)
+        self.num_train_examples = len(train[-1])
+        if batch_size > self.num_train_examples:
             raise D2LiteError(
-                f"batch_size {batch_size} is larger than the {num_train} training examples: "
-                f"use a batch_size of at most {num_train}"
+                f"batch_size {batch_size} is larger than the {self.num_train_examples} training "
+                f"examples: use a batch_size of at most {self.num_train_examples}"
             )
         self.parallel = DataParallel(self.devices)
         self.parallel.check_batch_size(batch_size)
         self.unroll_chunks = self.parallel.devices[0].platform == "cpu"
-        self.batch_size = batch_size
-        self.num_train_batches = num_train // batch_size  # the last partial batch is dropped
-        if self.limit_train_batches:
-            self.num_train_batches = min(self.num_train_batches, self.limit_train_batches)
-        self.num_train_examples = num_train
+        # The last partial batch is dropped.
+        self.num_train_batches = min(
+            self.num_train_examples // batch_size, self.limit_train_batches or math.inf
+        )
         self.dispatch_steps = self.steps_per_dispatch
         if self.dispatch_steps == "auto":
-            on_cpu = self.unroll_chunks
-            self.dispatch_steps = 1 if on_cpu else min(AUTO_STEPS_PER_DISPATCH, self.num_train_batches)
+            self.dispatch_steps = (
+                1 if self.unroll_chunks else min(AUTO_STEPS_PER_DISPATCH, self.num_train_batches)
+            )
         self.train_arrays = self.parallel.replicate(train)
 
         # Pad validation to whole batches once; the mask keeps the padding out of the means.
-        self.num_val_batches = math.ceil(len(val[-1]) / batch_size)
-        if self.limit_val_batches:
-            self.num_val_batches = min(self.num_val_batches, self.limit_val_batches)
+        self.num_val_batches = min(math.ceil(len(val[-1]) / batch_size), self.limit_val_batches or math.inf)
         self.num_val_examples = min(len(val[-1]), self.num_val_batches * batch_size)
         padded = self.num_val_batches * batch_size
-        val = tuple(a[: self.num_val_examples] for a in val)
-        self.val_arrays = self.parallel.replicate(tuple(_pad_rows(a, padded) for a in val))
+        val = [a[: self.num_val_examples] for a in val]
+        val = tuple(np.pad(a, [(0, padded - len(a))] + [(0, 0)] * (a.ndim - 1)) for a in val)
+        self.val_arrays = self.parallel.replicate(val)
         self.val_mask = self.parallel.replicate(np.arange(padded) < self.num_val_examples)
 
     def prepare_model(self, model):
@@ -206,8 +198,7 @@ class Trainer(RecordedRun, HyperParameters):
         self.eval_model = for_evaluation(model)
         self.board = model.board
         self.board.xlim = [0, self.max_epochs]
-        out_dir = self.run_path or self.out_dir or f"runs/{type(model).__name__.lower()}"
-        self.board.save_dir = Path(out_dir) if self.plot else None
+        self.board.save_dir = self.run_path if self.plot else None
         self.board.display_handle = None  # in a notebook, each fit plots in its own cell
 
     def prepare_batch(self, batch):
@@ -219,8 +210,7 @@ class Trainer(RecordedRun, HyperParameters):
         # Parameters come from XLA's RngBitGenerator: threefry, drawn once per parameter,
         # makes the init program compile 3-4x slower on CPU (14 s for a ResNet-18).
         params_key = jax.random.wrap_key_data(jnp.tile(jax.random.key_data(params_key), 2), impl="rbg")
-        example = self.data.preprocess(tuple(a[: self.batch_size] for a in self.train_arrays))
-        inputs = example[:-1]
+        inputs = self.data.preprocess(tuple(a[: self.batch_size] for a in self.train_arrays))[:-1]
         rngs = {"params": params_key, "dropout": init_dropout_key}
         try:
             variables = jax.jit(lambda rngs, inputs: self.model.apply_init(inputs, key=rngs))(rngs, inputs)
@@ -247,20 +237,18 @@ class Trainer(RecordedRun, HyperParameters):
         return self.parallel.replicate(state)
 
     def _check_shapes(self, inputs, outputs, intermediates):
-        name = type(self.model).__name__
         for path, leaf in jax.tree_util.tree_leaves_with_path(intermediates):
             if 0 in leaf.shape:
                 layer = jax.tree_util.keystr(path[1:-1]) or "a layer"
-                problem = f"{layer} outputs shape {leaf.shape}"
-                raise input_error(self.model, inputs[0].shape, problem)
-        num_classes = getattr(self.data, "num_classes", None)
-        if isinstance(self.model, Classifier) and num_classes:
-            if outputs.ndim != 2 or outputs.shape[-1] != num_classes:
-                raise D2LiteError(
-                    f"{name} outputs shape {outputs.shape} but {type(self.data).__name__} has "
-                    f"{num_classes} classes: make the last layer output {num_classes} values "
-                    f"(e.g. num_classes={num_classes})"
-                )
+                raise input_error(self.model, inputs[0].shape, f"{layer} outputs shape {leaf.shape}")
+        classes = getattr(self.data, "num_classes", None)
+        wrong = outputs.ndim != 2 or outputs.shape[-1] != classes
+        if isinstance(self.model, Classifier) and classes and wrong:
+            raise D2LiteError(
+                f"{type(self.model).__name__} outputs shape {outputs.shape} but {type(self.data).__name__} "
+                f"has {classes} classes: make the last layer output {classes} values "
+                f"(e.g. num_classes={classes})"
+            )
 
     # ------------------------------------------------------------------ compiled programs
     def _compile_programs(self):
@@ -275,9 +263,8 @@ class Trainer(RecordedRun, HyperParameters):
             indices = parallel.split(indices)  # each device gathers and runs its own slice
             batch = self.prepare_batch(preprocess(tuple(a[indices] for a in arrays)))
             batch = jax.tree.map(parallel.split, batch)
-            dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
+            step_state = state.replace(dropout_rng=jax.random.fold_in(state.dropout_rng, state.step))
             with recording_plots() as plotted:
-                step_state = state.replace(dropout_rng=dropout_rng)
                 value, grads = model.training_step(state.params, batch, step_state)
             # The book's Module returns the loss, its Classifier (loss, variable updates).
             loss, updates = value if isinstance(value, tuple) else (value, {})
@@ -321,96 +308,87 @@ class Trainer(RecordedRun, HyperParameters):
     # -------------------------------------------------------------------------- training
     def fit(self, model, data, key=None):
         """Train `model` on `data` for `max_epochs`; the final TrainState is `self.state`."""
-        self.run_path, resume_step = self._run_location()
+        self.run = RunDirectory.locate(self)
         self.prepare_data(data)
         self.prepare_model(model)
         key = jax.random.PRNGKey(self.seed) if key is None else key
         init_key, shuffle_key = jax.random.split(key)
         self.epoch = self.train_batch_idx = self.val_batch_idx = 0
         self.history = []
-        self._partial_epoch = None  # (losses, seconds) of an epoch resumed midway
-        self._wall_time_before = 0.0  # training seconds of the run's earlier sessions
+        self.partial_epoch = None  # (losses, seconds) of an epoch resumed midway
+        self.earlier_sessions_time = 0.0  # training seconds of the run's earlier sessions
+        stream = sys.stderr if self.progress else io.StringIO()
         self.progress_line = ProgressLine(
-            self.max_epochs,
-            self.num_train_batches,
-            self.batch_size,
-            stream=sys.stderr if self.progress else _Silent(),
+            self.max_epochs, self.num_train_batches, self.batch_size, stream=stream
         )
         try:
-            resume_meta = self._open_run(resume_step)
-            if self.run_path is not None and getattr(data, "source", None):
+            if self.run is not None:
+                self.run.open()
+            if self.run is not None and getattr(data, "source", None):
                 print(f"data: {data.source}", flush=True)  # which copy of the files a recorded run read
             self.state = self.init_state(init_key)
-            self._shuffle_key = self.parallel.replicate(shuffle_key)
+            self.shuffle_key = self.parallel.replicate(shuffle_key)
             self._compile_programs()
-            if resume_meta is not None:
-                self._restore(resume_meta)
-            elif self.checkpoints is not None:
-                self._write_config()
+            if self.run is not None:
+                self.run.start_or_restore()
             self._session_started = time.perf_counter()
             with self._stop_on_signals():
                 for epoch in range(self.epoch, self.max_epochs):
                     self.epoch = epoch
                     self.fit_epoch()
-                    checkpoint = self._save_checkpoint()
+                    checkpoint = self.run and self.run.save()
                     if self._stop_requested:
-                        raise self._interrupted(f"after epoch {epoch + 1}", checkpoint)
+                        raise self._interrupted(f"after epoch {self.epoch + 1}", checkpoint)
         finally:
             self.progress_line.close()
-            if self.checkpoints is not None:
-                self.checkpoints.close()
+            if self.run is not None:
+                self.run.close()
 
     def fit_epoch(self):
         """Train one epoch, hand what the steps plotted to `model.plot`, then validate."""
         self.progress_line.start_epoch(self.epoch)
         started = time.perf_counter()
-        order = self._epoch_order(self._shuffle_key, self.epoch)
+        order = self._epoch_order(self.shuffle_key, self.epoch)
         plot_every = max(1, int(self.num_train_batches / self.model.plot_train_per_epoch))
-        # The losses of the epoch's steps read so far; an epoch resumed midway continues its
-        # permutation after them.
-        losses, seconds_before = self._partial_epoch or ([], 0.0)
-        self._partial_epoch = None
-        first = finished = len(losses)  # `finished`: steps known to be done
-        unread = []  # the outputs of dispatched chunks, still on the device
-        for start in range(first, self.num_train_batches, self.dispatch_steps):
+        # The losses read so far; an epoch resumed midway continues its permutation after them.
+        losses, seconds_before = self.partial_epoch or ([], 0.0)
+        self.partial_epoch = None
+        pending = []  # the outputs of dispatched chunks, not yet read by the host
+        for start in range(len(losses), self.num_train_batches, self.dispatch_steps):
             if self._stop_requested:  # Ctrl-C or SIGTERM: stop here, between two steps
-                self._read(unread, losses)
-                seconds = seconds_before + time.perf_counter() - started
-                checkpoint = self._save_checkpoint((losses, seconds))
+                self._read(pending, losses)
+                checkpoint = self.run and self.run.save(
+                    (losses, seconds_before + time.perf_counter() - started)
+                )
                 where = f"in epoch {self.epoch + 1} after step {start} of {self.num_train_batches}"
                 raise self._interrupted(where, checkpoint)
             num_steps = min(self.dispatch_steps, self.num_train_batches - start)
             self.state, outputs = self._train_chunk(
                 self.state, self.train_arrays, order, start, num_steps=num_steps
             )
-            unread.append(outputs)
-            if len(unread) > 1:
-                # Wait for the chunk before the one just queued: the device stays busy while the
-                # progress line reports finished work, and the host never runs far ahead.
-                previous_losses = unread[-2][0]
-                previous_losses.block_until_ready()
-                newly_finished, finished = start - finished, start
-                if finished // plot_every > len(losses) // plot_every:  # a plot point is due
-                    self._read(unread[:-1], losses)
-                    del unread[:-1]
+            pending.append(outputs)
+            if len(pending) > 1:
+                # Wait for the chunk before this one: the device stays busy with this one while
+                # the progress line reports finished work, and the host never runs far ahead.
+                finished = pending[-2][0].block_until_ready()
                 # The live line shows the latest loss; reading it costs a transfer, so only on a TTY.
-                latest = float(to_host(previous_losses)[-1]) if self.progress_line.tty else None
-                self.progress_line.advance(newly_finished, loss=latest)
-        self._read(unread, losses)
-        self.progress_line.advance(self.num_train_batches - finished, loss=losses[-1])
+                latest = float(to_host(finished)[-1]) if self.progress_line.tty else None
+                if start // plot_every > len(losses) // plot_every:  # a plot point is due
+                    self._read(pending[:-1], losses)
+                    del pending[:-1]
+                self.progress_line.advance(len(finished), loss=latest)
+        last_chunk = len(pending[-1][0]) if pending else 0
+        self._read(pending, losses)
+        self.progress_line.advance(last_chunk, loss=losses[-1])
         self.train_batch_idx = (self.epoch + 1) * self.num_train_batches
         seconds = seconds_before + time.perf_counter() - started
         record = {"epoch": self.epoch + 1, "step": self.train_batch_idx, "train_loss": float(np.mean(losses))}
-        metrics = self.evaluate()
-        for key, value in sorted(metrics.items(), key=lambda item: item[0] != "loss"):  # loss first
+        for key, value in sorted(self.evaluate().items(), key=lambda item: item[0] != "loss"):  # loss first
             record["val_" + key] = value
             self.board.draw(self.epoch + 1, value, "val_" + key)  # exact means: one point an epoch
         self.val_batch_idx += self.num_val_batches
-        record.update(
-            examples_per_s=self.num_train_batches * self.batch_size / seconds,
-            seconds=seconds,
-            wall_time=self._wall_time(),
-        )
+        examples_per_s = self.num_train_batches * self.batch_size / seconds
+        record.update(examples_per_s=examples_per_s, seconds=seconds, wall_time=self.wall_time())
         self.history.append(record)
         self.progress_line.end_epoch({k: v for k, v in record.items() if k.startswith(("train", "val"))})
 
@@ -431,13 +409,13 @@ class Trainer(RecordedRun, HyperParameters):
         index = int(np.flatnonzero(~np.isfinite(values))[0])
         lr = getattr(self.model, "lr", None)
         rate = f"learning rate (lr={lr:g})" if isinstance(lr, int | float) else "learning rate"
-        steps = self.checkpoints.steps() if self.checkpoints is not None else []
-        kept = f"; the last good checkpoint is {self.checkpoints.path(steps[-1])}" if steps else ""
+        last = self.run and self.run.last_checkpoint()
         return D2LiteError(
             f"the training loss is {float(np.mean(values))} in epoch {self.epoch + 1}: lower the "
             f"{rate} or turn on gradient clipping (gradient_clip_val); it first became "
             f"{values[index]} at step {index + 1} of {self.num_train_batches} of the epoch "
-            f"(training step {self.epoch * self.num_train_batches + index + 1}){kept}"
+            f"(training step {self.epoch * self.num_train_batches + index + 1})"
+            + (f"; the last good checkpoint is {last}" if last else "")
         )
 
     @contextlib.contextmanager
@@ -455,25 +433,27 @@ class Trainer(RecordedRun, HyperParameters):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        names = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
-        if hasattr(signal, "SIGUSR1"):
-            names[signal.SIGUSR1] = "SIGUSR1"
+        names = {
+            signal.SIGINT: "Ctrl-C",
+            signal.SIGTERM: "SIGTERM",
+            getattr(signal, "SIGUSR1", None): "SIGUSR1",
+        }
+        names.pop(None, None)  # Windows has no SIGUSR1
         previous = {s: signal.getsignal(s) for s in names}
         handled = [s for s in names if previous[s] is not signal.SIG_IGN]
 
         def request_stop(signum, frame):
             if signum == signal.SIGINT:  # the next Ctrl-C goes to the previous handler: at once
                 signal.signal(signal.SIGINT, previous[signal.SIGINT] or signal.default_int_handler)
-            if self._stop_requested:
-                return
-            self._stop_requested = True
-            saving = " and saving a checkpoint" if self.checkpoints is not None else ""
-            again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
-            print(
-                f"\n{names[signum]}: stopping after the current step{saving}{again}",
-                file=sys.stderr,
-                flush=True,
-            )
+            if not self._stop_requested:
+                self._stop_requested = True
+                saving = " and saving a checkpoint" if self.run is not None else ""
+                again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
+                print(
+                    f"\n{names[signum]}: stopping after the current step{saving}{again}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         for s in handled:
             signal.signal(s, request_stop)
@@ -484,14 +464,15 @@ class Trainer(RecordedRun, HyperParameters):
                 signal.signal(s, previous[s] if previous[s] is not None else signal.SIG_DFL)
 
     def _interrupted(self, where, checkpoint):
-        if checkpoint is not None:
-            return TrainingInterrupted(
-                f"interrupted {where}: checkpoint saved in {checkpoint}", checkpoint, self.run_path
-            )
-        return TrainingInterrupted(f"interrupted {where} (no run directory, so no checkpoint)")
+        if checkpoint is None:
+            return TrainingInterrupted(f"interrupted {where} (no run directory, so no checkpoint)")
+        return TrainingInterrupted(
+            f"interrupted {where}: checkpoint saved in {checkpoint}", checkpoint, self.run_path
+        )
 
-    def _wall_time(self):
-        return self._wall_time_before + time.perf_counter() - self._session_started
+    def wall_time(self):
+        """Seconds spent in `fit` over all sessions of the run."""
+        return self.earlier_sessions_time + time.perf_counter() - self._session_started
 
     def evaluate(self, data=None):
         """Mean validation metrics of the current state, over exactly every validation example.
@@ -503,18 +484,12 @@ class Trainer(RecordedRun, HyperParameters):
         if data is not None and data is not self.data:
             self.prepare_data(data)
             self._compile_programs()
-        # One call per batch (a loop inside XLA runs slowly on CPU); the sums stay on the
-        # device until the end.
+        # One call per batch (a loop inside XLA runs slowly on CPU); the sums stay on the device.
         totals = None
         for index in range(self.num_val_batches):
             totals = self._eval_batch(self.state, self.val_arrays, self.val_mask, index, totals)
         totals = totals or {}  # a validation_step that plots nothing
         return {key: float(to_host(value)) / self.num_val_examples for (key, _), value in totals.items()}
-
-
-def _pad_rows(array, rows):
-    padding = [(0, rows - len(array))] + [(0, 0)] * (array.ndim - 1)
-    return np.pad(array, padding)
 
 
 class _Limited:
@@ -528,16 +503,3 @@ class _Limited:
 
     def __len__(self):
         return len(self.loader) if self.limit is None else min(len(self.loader), self.limit)
-
-
-class _Silent:
-    """A stream for ProgressLine when progress output is off."""
-
-    def write(self, text):
-        pass
-
-    def flush(self):
-        pass
-
-    def isatty(self):
-        return False

@@ -65,11 +65,11 @@ def blobs():
 
 @pytest.fixture
 def quiet_trainer(tmp_path):
-    """A Trainer factory with no terminal output and the plot in a temporary folder."""
+    """A Trainer factory with no terminal output."""
 
     def make(**kwargs):
         kwargs.setdefault("max_epochs", 2)
-        return d2l.Trainer(out_dir=str(tmp_path / "run"), progress=False, **kwargs)
+        return d2l.Trainer(progress=False, **kwargs)
 
     return make
 

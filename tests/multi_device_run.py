@@ -14,9 +14,9 @@ from conftest import Blobs, TinyCNN
 import d2lite as d2l
 
 
-def fit(devices, out_dir, steps_per_dispatch=1):
+def fit(devices, steps_per_dispatch=1):
     trainer = d2l.Trainer(
-        max_epochs=3, devices=devices, steps_per_dispatch=steps_per_dispatch, out_dir=out_dir, progress=False
+        max_epochs=3, devices=devices, steps_per_dispatch=steps_per_dispatch, progress=False
     )
     compiles = []
     fit_epoch = trainer.fit_epoch
@@ -32,8 +32,8 @@ def fit(devices, out_dir, steps_per_dispatch=1):
 
 
 if __name__ == "__main__":
-    one, _ = fit(jax.devices()[:1], sys.argv[1])
-    four, compiles = fit(jax.devices(), sys.argv[1], steps_per_dispatch=3)
+    one, _ = fit(jax.devices()[:1])
+    four, compiles = fit(jax.devices(), steps_per_dispatch=3)
     params = jax.tree.leaves(four.state.params)
     # A recorded run on four devices, stopped after 2 epochs and resumed for the third.
     run_dir = f"{sys.argv[1]}/recorded"
@@ -47,7 +47,7 @@ if __name__ == "__main__":
             progress=False,
         )
         resumed.fit(TinyCNN(dropout=0.2), Blobs(num_train=256, num_val=70, batch_size=32))
-    order = four._epoch_order(four._shuffle_key, 0)
+    order = four._epoch_order(four.shuffle_key, 0)
     compiled = four._train_chunk.lower(four.state, four.train_arrays, order, 0, num_steps=1).compile()
     print(
         json.dumps(
@@ -67,8 +67,6 @@ if __name__ == "__main__":
         )
     )
     try:
-        d2l.Trainer(max_epochs=1, devices=jax.devices(), progress=False, out_dir=sys.argv[1]).fit(
-            TinyCNN(), Blobs(batch_size=30)
-        )
+        d2l.Trainer(max_epochs=1, devices=jax.devices(), progress=False).fit(TinyCNN(), Blobs(batch_size=30))
     except d2l.D2LiteError as error:
         print(f"error: {error}")

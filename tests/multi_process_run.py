@@ -13,5 +13,5 @@ jax.distributed.initialize(f"localhost:{sys.argv[2]}", num_processes=2, process_
 
 from multi_device_run import fit  # noqa: E402  (after initialize, which must come first)
 
-trainer, _ = fit(jax.devices(), f"{sys.argv[3]}/{jax.process_index()}")
+trainer, _ = fit(jax.devices())
 print(json.dumps({"process": jax.process_index(), "devices": jax.device_count(), "history": trainer.history}))

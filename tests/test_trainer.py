@@ -39,7 +39,7 @@ def test_steps_per_dispatch_gives_the_same_training(blobs, quiet_trainer, unroll
     chunked = Chunked(max_epochs=2, steps_per_dispatch=3, progress=False, plot=False)  # chunks 3, 3, 2
     chunked.fit(TinyCNN(), blobs)
     program = chunked._train_chunk.lower(
-        chunked.state, chunked.train_arrays, chunked._epoch_order(chunked._shuffle_key, 0), 0, num_steps=3
+        chunked.state, chunked.train_arrays, chunked._epoch_order(chunked.shuffle_key, 0), 0, num_steps=3
     )
     assert ("while" in program.as_text()) != unroll
     for a, b in zip(jax.tree.leaves(one.state.params), jax.tree.leaves(chunked.state.params), strict=True):
@@ -98,7 +98,7 @@ def test_no_compilation_after_the_first_epoch(blobs, tmp_path):
                 super().fit_epoch()  # includes the evaluation in eval mode
             self.compiles_per_epoch.append(compiles.count)
 
-    trainer = CountingTrainer(max_epochs=3, steps_per_dispatch=3, out_dir=str(tmp_path), progress=False)
+    trainer = CountingTrainer(max_epochs=3, steps_per_dispatch=3, progress=False)
     trainer.compiles_per_epoch = []
     trainer.fit(TinyCNN(dropout=0.2), blobs)
     assert trainer.compiles_per_epoch[0] > 0  # the counter does see compilations

@@ -40,7 +40,7 @@ def test_parameter_count():
 
 def test_lenet_learns_fashion_mnist(tmp_path):
     data = d2l.FashionMNIST(batch_size=128, num_train=128 * 50, num_val=1000)
-    trainer = d2l.Trainer(max_epochs=2, out_dir=str(tmp_path), progress=False, steps_per_dispatch=10)
+    trainer = d2l.Trainer(max_epochs=2, progress=False, steps_per_dispatch=10)
     trainer.fit(lenet.LeNet(lr=0.003, optimizer="adam"), data)  # the chapter's recipe, 100 steps
     assert trainer.num_val_examples == 1000
     assert trainer.history[-1]["val_acc"] > 0.5  # chance is 0.10
