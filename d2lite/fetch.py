@@ -93,34 +93,30 @@ def read_idx(path, expected_shape: tuple) -> np.ndarray:
         raise D2LiteError(f"{path} is truncated or corrupted ({e}); {_fix_for(path)}") from e
 
     what = {1: "labels", 3: "images"}.get(len(expected_shape), "data")
-    fail = f"{path} is not a Fashion-MNIST {what} file"
+
+    def refuse(problem):
+        return D2LiteError(f"{path} is not a Fashion-MNIST {what} file: {problem}; {_fix_for(path)}")
+
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise D2LiteError(f"{fail}: no IDX magic number at its start; {_fix_for(path)}")
+        raise refuse("no IDX magic number at its start")
     if data[2] != 0x08:
-        raise D2LiteError(f"{fail}: IDX type 0x{data[2]:02x} is not uint8 (0x08); {_fix_for(path)}")
-    ndim = data[3]
+        raise refuse(f"IDX type 0x{data[2]:02x} is not uint8 (0x08)")
+    ndim, magic = data[3], int.from_bytes(data[:4], "big")
     if ndim != len(expected_shape):
-        raise D2LiteError(
-            f"{fail}: magic 0x{int.from_bytes(data[:4], 'big'):08x} means "
-            f"{ndim}-D, expected {len(expected_shape)}-D {what}; "
-            "check which file is which, or " + _fix_for(path)
-        )
+        raise refuse(f"magic 0x{magic:08x} means {ndim}-D, expected {len(expected_shape)}-D {what}")
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise D2LiteError(f"{fail}: its header is cut short; {_fix_for(path)}")
+        raise refuse("its header is cut short")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    pairs = zip(shape, expected_shape, strict=True)
-    if any(want is not None and got != want for got, want in pairs):
-        got = " x ".join(map(str, shape))
+    if any(want is not None and got != want for got, want in zip(shape, expected_shape, strict=True)):
         wanted = " x ".join("N" if want is None else str(want) for want in expected_shape)
-        raise D2LiteError(f"{fail}: its shape is {got}, expected {wanted}; {_fix_for(path)}")
+        raise refuse(f"its shape is {' x '.join(map(str, shape))}, expected {wanted}")
     # An exact byte count catches both a short write and two files glued together.
     body, promised = len(data) - header, math.prod(shape)
     if body != promised:
         problem = "extra" if body > promised else "missing"
-        raise D2LiteError(
-            f"{fail}: {abs(body - promised)} {problem} bytes after the header "
-            f"(shape {shape} needs {promised}, found {body}); {_fix_for(path)}"
+        raise refuse(
+            f"{abs(body - promised)} {problem} bytes after the header (shape {shape} needs {promised})"
         )
     # A copy, because a view of the immutable bytes would be read-only for the caller.
     return np.frombuffer(data, np.uint8, offset=header).reshape(shape).copy()
@@ -130,19 +126,15 @@ def read_split(directory, split) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 28, 28) and labels (N,) of `split` ("train" or "test"), both uint8."""
     if split not in FILES:
         raise D2LiteError(f"unknown split {split!r}; use one of {sorted(FILES)}")
-    images_name, labels_name = FILES[split]
-    images = read_idx(Path(directory) / images_name, (None, 28, 28))
-    labels = read_idx(Path(directory) / labels_name, (None,))
+    images_path, labels_path = (Path(directory) / name for name in FILES[split])
+    images, labels = read_idx(images_path, (None, 28, 28)), read_idx(labels_path, (None,))
     if len(images) != len(labels):
         raise D2LiteError(
             f"{directory}: {len(images)} {split} images but {len(labels)} labels; "
             "the two files come from different sources, delete both to fetch again"
         )
     if labels.size and labels.max() > 9:
-        raise D2LiteError(
-            f"{Path(directory) / labels_name} has label {labels.max()}, expected "
-            f"0..9; {_fix_for(Path(directory) / labels_name)}"
-        )
+        raise D2LiteError(f"{labels_path} has label {labels.max()}, expected 0..9; {_fix_for(labels_path)}")
     return images, labels
 
 
@@ -154,9 +146,8 @@ def _probe(url: str) -> None:
     except urllib.error.HTTPError as e:
         e.close()
         if e.code != 405:  # a server that only refuses HEAD may still serve the GET
-            raise D2LiteError(
-                f"downloading {url} failed (HTTP {e.code}: wrong URL?); {HOW_TO_GET_DATA}"
-            ) from e
+            message = f"downloading {url} failed (HTTP {e.code}: wrong URL?); {HOW_TO_GET_DATA}"
+            raise D2LiteError(message) from e
     except OSError as e:
         reason = getattr(e, "reason", None) or e
         raise D2LiteError(f"downloading {url} failed ({reason}): no network? {HOW_TO_GET_DATA}") from e
@@ -166,10 +157,7 @@ def _download(dest: Path, base_url: str, checksums: dict) -> None:
     """Downloads all four files, moving them into `dest` only once every one is verified."""
     # tensorflow-datasets' TensorFlow-free parts; slow to import, so only when we download.
     from tensorflow_datasets.core.download.checksums import UrlInfo
-    from tensorflow_datasets.core.download.download_manager import (
-        DownloadManager,
-        NonMatchingChecksumError,
-    )
+    from tensorflow_datasets.core.download.download_manager import DownloadManager, NonMatchingChecksumError
     from tensorflow_datasets.core.download.util import DownloadError
     from tensorflow_datasets.core.units import Size
 
@@ -177,32 +165,25 @@ def _download(dest: Path, base_url: str, checksums: dict) -> None:
         dest.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".download.tmp.", dir=dest))
     except OSError as e:
-        raise D2LiteError(
-            f"cannot write to {dest} ({e.strerror or e}); "
-            "pass data_dir= or set D2LITE_DATA to a writable folder"
-        ) from e
+        fix = "pass data_dir= or set D2LITE_DATA to a writable folder"
+        raise D2LiteError(f"cannot write to {dest} ({e.strerror or e}); {fix}") from e
     urls = {name: base_url.rstrip("/") + "/" + name for name in ALL_FILES}
     try:
         # Every file tfds writes (its `*.tmp.*` folders, `.INFO` files, `extracted/`) stays in
         # `tmp`, which goes away below whatever happens; a file mismatching its checksum too.
-        manager = DownloadManager(
-            download_dir=tmp,
-            force_checksums_validation=True,
-            url_infos={
-                url: UrlInfo(size=Size(checksums[name][0]), checksum=checksums[name][1], filename=name)
-                for name, url in urls.items()
-            },
-        )
+        infos = {
+            url: UrlInfo(Size(checksums[name][0]), checksums[name][1], name) for name, url in urls.items()
+        }
+        manager = DownloadManager(download_dir=tmp, force_checksums_validation=True, url_infos=infos)
         downloaded = {}
         for name, url in urls.items():
             _probe(url)
             try:
                 downloaded[name] = Path(manager.download(url))
             except NonMatchingChecksumError as e:
+                problem = "does not match its checksum (a wrong or tampered mirror?)"
                 raise D2LiteError(
-                    f"{name} downloaded from {url} does not match its checksum "
-                    "(a wrong or tampered mirror?); try again later or "
-                    f"{HOW_TO_GET_DATA}"
+                    f"{name} downloaded from {url} {problem}; try again later or {HOW_TO_GET_DATA}"
                 ) from e
             except (DownloadError, OSError) as e:  # requests' errors are OSErrors
                 reason = str(e).splitlines()[0] if str(e) else type(e).__name__
