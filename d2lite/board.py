@@ -342,6 +342,14 @@ class ProgressLine:
         self._write("  ".join(parts), end="\n")
         self._start = None
 
+    def note(self, text):
+        """A line of its own (a warning), below the live line, which is drawn again after it."""
+        live = self._width
+        self.close()
+        self._write(text, end="\n")
+        if live and self._start is not None:
+            self._write(self._live_text())
+
     def close(self):
         if self._width:  # a live line is still open: do not leave the cursor on it
             self.stream.write("\n")

@@ -84,7 +84,6 @@ def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
     parser.add_argument(
         "--epochs",
         type=positive_int,
-        default=None,
         help=f"training epochs (default: {epochs}, or 2 with --quick)",
     )
     parser.set_defaults(default_epochs=epochs, chapter=name)
@@ -105,20 +104,17 @@ def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
         parser.add_argument(
             "--num-train",
             type=positive_int,
-            default=None,
             metavar="N",
             help="train on the first N training images (default: all 60000)",
         )
         parser.add_argument(
             "--num-val",
             type=positive_int,
-            default=None,
             metavar="N",
             help="validate on the first N test images (default: all 10000)",
         )
         parser.add_argument(
             "--data-dir",
-            default=None,
             help="folder with the four Fashion-MNIST .gz files "
             "(default: $D2LITE_DATA, user cache, Debian package, download)",
         )
@@ -133,7 +129,6 @@ def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
         "--run-dir",
         dest="out_dir",
         metavar="DIR",
-        default=None,
         help="the run directory: config.json, metrics.csv, the live plot "
         f"(progress.png/.svg), checkpoints/ (default: {RUNS}/{name}/<date>-<time>)",
     )
@@ -141,7 +136,6 @@ def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
         "--resume",
         nargs="?",
         const="latest",
-        default=None,
         metavar="DIR",
         help=f"continue a run from its last checkpoint: the newest run in {RUNS}/{name} "
         "(or --out-dir), or the run directory or checkpoint DIR; flags not given "
@@ -172,6 +166,12 @@ def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
         "over all devices",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds the weights, the order and dropout")
+    parser.add_argument(
+        "--stop-on-divergence",
+        action="store_true",
+        help="stop when the training loss jumps far above its lowest level or the validation accuracy "
+        "collapses (without it, a warning); the last checkpoint precedes it",
+    )
     overrides = "--epochs, --num-train or --num-val say" if resize else "--epochs says"
     parser.add_argument(
         "--quick",
@@ -231,6 +231,7 @@ def chapter_args(name, title, *, epochs, batch_size, lr, resize, options=None, s
         "run_info": {"chapter": name, "args": flags},
         "steps_per_dispatch": args.steps_per_dispatch,
         "precision": args.precision,
+        "stop_on_divergence": args.stop_on_divergence,
         **limits,
     }
     return args

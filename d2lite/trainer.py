@@ -101,6 +101,11 @@ class Trainer(HyperParameters):
     from its latest checkpoint; `resume=PATH` continues the run directory PATH, or from the
     checkpoint PATH (`RUN/checkpoints/STEP`). Ctrl-C, SIGTERM or SIGUSR1 stops between two
     steps, saves a checkpoint when there is a run directory, and raises `TrainingInterrupted`.
+
+    A non-finite training loss stops the fit at once. A loss that diverges while staying
+    finite, or a validation accuracy that collapses (see `divergence`), is reported on the
+    progress output when the host reads the losses; `stop_on_divergence=True` stops the fit
+    there instead, keeping the last checkpoint, which precedes the divergence.
     """
 
     def __init__(
@@ -121,6 +126,7 @@ class Trainer(HyperParameters):
         precision="float32",
         progress=True,
         plot=True,
+        stop_on_divergence=False,
     ):
         smoke = fast_dev_run()
         if smoke:
@@ -316,6 +322,7 @@ class Trainer(HyperParameters):
         self.epoch = self.train_batch_idx = self.val_batch_idx = 0
         self.history = []
         self.partial_epoch = None  # (losses, seconds) of an epoch resumed midway
+        self._divergence_reported = set()  # (loss or accuracy, epoch) of each warning
         self.earlier_sessions_time = 0.0  # training seconds of the run's earlier sessions
         stream = sys.stderr if self.progress else io.StringIO()
         self.progress_line = ProgressLine(
@@ -331,6 +338,7 @@ class Trainer(HyperParameters):
             self._compile_programs()
             if self.run is not None:
                 self.run.start_or_restore()
+            self.loss_levels = [record["train_loss"] for record in self.history]  # see `divergence`
             self._session_started = time.perf_counter()
             with self._stop_on_signals():
                 for epoch in range(self.epoch, self.max_epochs):
@@ -387,6 +395,7 @@ class Trainer(HyperParameters):
             record["val_" + key] = value
             self.board.draw(self.epoch + 1, value, "val_" + key)  # exact means: one point an epoch
         self.val_batch_idx += self.num_val_batches
+        self._check_accuracy(record)
         examples_per_s = self.num_train_batches * self.batch_size / seconds
         record.update(examples_per_s=examples_per_s, seconds=seconds, wall_time=self.wall_time())
         self.history.append(record)
@@ -395,6 +404,7 @@ class Trainer(HyperParameters):
     def _read(self, chunks, losses):
         """Copy finished chunks to the host: append their losses to `losses` and replay what
         their steps plotted through `model.plot`, each step at its place in the epoch."""
+        before = len(losses)
         for chunk in chunks:
             step_losses, plotted = jax.tree.map(to_host, chunk)
             if not np.isfinite(step_losses).all():  # on the host already: checking is free
@@ -404,11 +414,52 @@ class Trainer(HyperParameters):
                 for (key, train), values in plotted.items():
                     self.model.plot(key, values[i], train)
                 losses.append(float(loss))
+        if len(losses) > before:
+            self._check_loss(losses[before:])
+
+    def _check_loss(self, new_losses):
+        """Report a training loss that diverges (see `divergence`) over the steps just read."""
+        self.loss_levels.append(float(np.median(new_losses)))
+        jump = divergence(self.loss_levels)
+        if jump:
+            latest, lowest = jump
+            self._diverged(
+                "loss",
+                f"the training loss diverges in epoch {self.epoch + 1}: {latest:.4g} (median of its last "
+                f"{len(new_losses)} steps), {latest / lowest:.1f}x its lowest level so far, {lowest:.4g}",
+            )
+
+    def _check_accuracy(self, record):
+        """Report a validation accuracy that falls more than ACCURACY_DROP below its best."""
+        earlier = [r["val_acc"] for r in self.history[:-1] if r.get("val_acc") is not None]
+        accuracy = record.get("val_acc")
+        if earlier and accuracy is not None and accuracy < max(earlier) - ACCURACY_DROP:
+            best = int(np.argmax(earlier))
+            self._diverged(
+                "accuracy",
+                f"the validation accuracy collapsed in epoch {self.epoch + 1}: {accuracy:.4f}, down from "
+                f"{earlier[best]:.4f} in epoch {self.history[best]['epoch']}",
+            )
+
+    def _diverged(self, kind, what):
+        if (kind, self.epoch) in self._divergence_reported:
+            return  # once an epoch is enough
+        self._divergence_reported.add((kind, self.epoch))
+        cause = f"the {self._learning_rate()} is likely too high"
+        if self.stop_on_divergence:
+            last = self.run and self.run.last_checkpoint()
+            kept = f"; the last checkpoint, from before it, is {last}" if last else ""
+            raise D2LiteError(f"{what}: {cause}; stopped (stop_on_divergence){kept}")
+        stop = "stop_on_divergence=True (--stop-on-divergence) stops a run here"
+        self.progress_line.note(f"warning: {what}: {cause} ({stop})")
+
+    def _learning_rate(self):
+        lr = getattr(self.model, "lr", None)
+        return f"learning rate (lr={lr:g})" if isinstance(lr, int | float) else "learning rate"
 
     def _nonfinite_loss(self, values):
         index = int(np.flatnonzero(~np.isfinite(values))[0])
-        lr = getattr(self.model, "lr", None)
-        rate = f"learning rate (lr={lr:g})" if isinstance(lr, int | float) else "learning rate"
+        rate = self._learning_rate()
         last = self.run and self.run.last_checkpoint()
         return D2LiteError(
             f"the training loss is {float(np.mean(values))} in epoch {self.epoch + 1}: lower the "
@@ -490,6 +541,28 @@ class Trainer(HyperParameters):
             totals = self._eval_batch(self.state, self.val_arrays, self.val_mask, index, totals)
         totals = totals or {}  # a validation_step that plots nothing
         return {key: float(to_host(value)) / self.num_val_examples for (key, _), value in totals.items()}
+
+
+# A loss level this many times the lowest one before it, and LOSS_MARGIN above it, diverges.
+LOSS_JUMP, LOSS_MARGIN = 2.0, 0.5
+ACCURACY_DROP = 0.15  # a validation accuracy this far below its best has collapsed
+
+
+def divergence(levels):
+    """(latest, lowest) when the latest training-loss level diverges from the earlier ones, else None.
+
+    `levels` are the median training losses of the stretches the host reads, oldest first:
+    half an epoch each at the book's plotting cadence, and an epoch's mean for each epoch of
+    a resumed run. The latest level diverges when it is more than LOSS_JUMP times the lowest
+    level before it and more than LOSS_MARGIN above it: a loss that climbs far above where it
+    had come down to. Medians ignore single spikes; the margin keeps a loss that is already
+    small from counting for rising from 0.01 to 0.03. A curve still on its way down, however
+    noisy, never does.
+    """
+    if len(levels) < 2:
+        return None
+    latest, lowest = levels[-1], min(levels[:-1])
+    return (latest, lowest) if latest > LOSS_JUMP * lowest and latest > lowest + LOSS_MARGIN else None
 
 
 class _Limited:

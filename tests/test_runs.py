@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import Blobs, TinyCNN, run_chapter
 
@@ -241,3 +242,55 @@ def test_settings_are_described_without_memory_addresses():
     assert runs.mismatches({"model": {"lr": 0.1, "depth": 3}}, {"model": {"lr": 0.2, "depth": 3}}) == [
         "model lr: 0.1 in the run, 0.2 now"
     ]
+
+
+# --------------------------------------------------------------------------- divergence
+class TooHotLater(TinyCNN):
+    """SGD at lr 0.1, then from step 25 (epoch 4) at 3.0: the loss climbs a thousandfold, finite."""
+
+    def configure_optimizers(self):
+        return optax.sgd(optax.piecewise_constant_schedule(self.lr, {24: 30.0}))
+
+
+def test_the_divergence_rule_fires_on_a_jump_and_stays_quiet_on_noisy_falling_curves():
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # noisy curves on their way down, with spikes and plateaus
+        steps = np.arange(40)
+        level = 2.3 * np.exp(-steps / rng.uniform(2, 15)) + rng.uniform(0.0, 0.5)
+        levels = level * rng.lognormal(0, 0.15, size=40)
+        assert all(d2l.trainer.divergence(list(levels[: n + 1])) is None for n in range(40))
+    assert d2l.trainer.divergence([0.02, 0.01, 0.03]) is None  # small numbers: within the margin
+    nin = [2.3, 1.1, 0.7, 0.55, 0.48, 1.52]  # NiN's train loss per epoch with the book's recipe
+    assert d2l.trainer.divergence(nin) == (1.52, 0.48)
+
+
+def test_a_diverging_loss_is_reported_once_an_epoch_or_stops_the_run(tmp_path, capsys):
+    trainer = d2l.Trainer(max_epochs=5, limit_train_batches=8)
+    trainer.fit(TooHotLater(use_bn=False), Blobs())
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(trainer.history) == 5  # warned, not stopped: once an epoch for each kind
+    assert [w.split(":")[1] for w in warnings] == [
+        " the training loss diverges in epoch 4",
+        " the validation accuracy collapsed in epoch 4",
+        " the training loss diverges in epoch 5",
+        " the validation accuracy collapsed in epoch 5",
+    ]
+    assert (
+        "its lowest level so far" in warnings[0]
+        and "learning rate (lr=0.1) is likely too high" in warnings[0]
+    )
+
+    quiet = d2l.Trainer(max_epochs=3)  # the same model before its learning rate rises
+    quiet.fit(TinyCNN(use_bn=False), Blobs())
+    assert "warning" not in capsys.readouterr().err
+
+    run_dir = tmp_path / "run"
+    stopping = d2l.Trainer(max_epochs=5, run_dir=run_dir, progress=False, stop_on_divergence=True)
+    with pytest.raises(d2l.D2LiteError) as error:
+        stopping.fit(TooHotLater(use_bn=False), Blobs())
+    checkpoint = run_dir.absolute() / "checkpoints" / "24"
+    assert str(error.value).startswith("the training loss diverges in epoch 4: ")
+    assert str(error.value).endswith(
+        f"stopped (stop_on_divergence); the last checkpoint, from before it, is {checkpoint}"
+    )
+    assert [r["epoch"] for r in runs.read_metrics(run_dir)] == [1, 2, 3]
