@@ -156,8 +156,14 @@ class ProgressBoard:
             else:
                 self.display_handle.update(image)
         if self.save_dir is not None:
-            write_atomic(self.save_dir / "progress.png", lambda f: f.write(png))
-            _atomic_savefig(self.fig, self.save_dir / "progress.svg")
+            try:
+                write_atomic(self.save_dir / "progress.png", lambda f: f.write(png))
+                _atomic_savefig(self.fig, self.save_dir / "progress.svg")
+            except OSError as error:  # a full disk: say so once, and let the run's checkpoint decide
+                if not self._announced:
+                    print(f"warning: cannot write the live plot in {self.save_dir} ({error.strerror})", flush=True)
+                self._announced = True
+                return
             if not self._announced and not notebook:
                 self._announced = True
                 print(f"live plot: {(self.save_dir / 'progress.png').resolve()}", flush=True)

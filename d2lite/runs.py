@@ -15,6 +15,7 @@ step s's dropout key from `fold_in(dropout_rng, s)`, so restoring the TrainState
 shuffle key and the position in the epoch continues the same stream of batches and keys.
 """
 
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -280,10 +281,32 @@ class RunDirectory:
 
     def start_or_restore(self):
         """Write a new run's config, or put the checkpoint's state back into the trainer."""
-        if self.meta is None:
-            self.write_config()
-        else:
-            self.restore()
+        with self.writing("config.json and metrics.csv"):
+            if self.meta is None:
+                self.write_config()
+            else:
+                self.restore()
+
+    @contextlib.contextmanager
+    def writing(self, what):
+        """A full disk or an unwritable folder, as a one-line error that says what to do.
+
+        orbax (through tensorstore) reports a failed write as a ValueError naming the OS error.
+        """
+        try:
+            yield
+        except D2LiteError:
+            raise
+        except (OSError, ValueError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            found = re.search(r": ([^:\[]+) \[os_error_code", reason)
+            reason = found.group(1) if found else reason.strip().splitlines()[0][:160]
+            last = self.last_checkpoint()
+            kept = f"; its last complete checkpoint, {last}, is intact" if last else ""
+            raise D2LiteError(
+                f"cannot write {what} in {self.path} ({reason}): free disk space or make the folder "
+                f"writable, then resume the run (--resume {self.path}, resume=True){kept}"
+            ) from error
 
     def write_config(self, resumed=None):
         trainer = self.trainer
@@ -320,9 +343,10 @@ class RunDirectory:
         trainer = self.trainer
         losses, seconds = partial or ([], 0.0)
         finished = trainer.epoch if partial else trainer.epoch + 1
-        if not partial:
-            write_metrics(self.path, trainer.history)
         step = finished * trainer.num_train_batches + len(losses)
+        if not partial:
+            with self.writing("metrics.csv"):
+                write_metrics(self.path, trainer.history)
         arrays = self.arrays()
         meta = {
             "epoch": finished,
@@ -335,7 +359,8 @@ class RunDirectory:
             "settings": self.settings(),
             "arrays": _shapes(arrays),
         }
-        self.checkpoints.save(step, arrays, meta)
+        with self.writing(f"checkpoint {step}"):
+            self.checkpoints.save(step, arrays, meta)
         return self.checkpoints.path(step)
 
     def last_checkpoint(self):

@@ -147,6 +147,47 @@ def test_sigkill_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_pa
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_a_full_disk_is_a_one_line_error_and_keeps_the_last_checkpoint(tmp_path, reference):
+    """Writes fail for real: the child lowers its file size limit (RLIMIT_FSIZE), as a full disk would."""
+    script = (
+        "import resource, signal, sys; sys.path[:0] = ['.', 'tests']\n"
+        "from conftest import Blobs, TinyCNN\n"
+        "import d2lite as d2l\n"
+        "def fit(epochs, **kwargs):\n"
+        "    trainer = d2l.Trainer(max_epochs=epochs, run_dir=sys.argv[1], progress=False, **kwargs)\n"
+        "    trainer.fit(TinyCNN(dropout=0.2), Blobs())\n"
+        "fit(1)\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG\n"
+        "for limit in (200, 3000):  # config.json fails, then the next checkpoint does\n"
+        "    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))\n"
+        "    try:\n"
+        "        fit(2, resume=True)\n"
+        "    except d2l.D2LiteError as error:\n"
+        "        print(f'error: {error}')\n"
+    )
+    run_dir = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    errors = [line for line in done.stdout.splitlines() if line.startswith("error: ")]
+    fix = (
+        f"free disk space or make the folder writable, then resume the run (--resume {run_dir}, resume=True)"
+    )
+    kept = f"its last complete checkpoint, {run_dir / 'checkpoints' / '8'}, is intact"
+    assert errors == [
+        f"error: cannot write config.json and metrics.csv in {run_dir} (File too large): {fix}; {kept}",
+        f"error: cannot write checkpoint 16 in {run_dir} (File too large): {fix}; {kept}",
+    ]
+    assert "warning: cannot write the live plot" in done.stdout  # which training does without
+    resumed = fit(TinyCNN(dropout=0.2), max_epochs=EPOCHS, run_dir=run_dir, resume=True)  # space again
+    assert [r["epoch"] for r in runs.read_metrics(run_dir)] == [1, 2, 3]
+    for a, b in zip(
+        jax.tree.leaves(resumed.state.params), jax.tree.leaves(reference.state.params), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("damaged", ["meta/metadata", "state/manifest.ocdbt"])
 def test_a_corrupted_checkpoint_names_the_previous_one_which_then_resumes(tmp_path, two_epochs, damaged):
     run_dir = shutil.copytree(two_epochs, tmp_path / "run")
