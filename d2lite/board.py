@@ -161,7 +161,10 @@ class ProgressBoard:
                 _atomic_savefig(self.fig, self.save_dir / "progress.svg")
             except OSError as error:  # a full disk: say so once, and let the run's checkpoint decide
                 if not self._announced:
-                    print(f"warning: cannot write the live plot in {self.save_dir} ({error.strerror})", flush=True)
+                    print(
+                        f"warning: cannot write the live plot in {self.save_dir} ({error.strerror})",
+                        flush=True,
+                    )
                 self._announced = True
                 return
             if not self._announced and not notebook:

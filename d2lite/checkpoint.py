@@ -142,7 +142,7 @@ class Checkpoints:
             else "there is no earlier checkpoint: start a new run"
         )
         return D2LiteError(
-            f"checkpoint {self.path(step)} cannot be read, it may be corrupted "
+            f"checkpoint {self.path(step)} cannot be read: it may be corrupted, or not a d2lite checkpoint "
             f"({type(error).__name__}: {reason}); {fallback}"
         )
 

@@ -37,6 +37,8 @@ from flax import serialization
 from .errors import D2LiteError
 
 CONFIG, METRICS, CHECKPOINTS = "config.json", "metrics.csv", "checkpoints"
+# What a checkpoint's meta must hold for fit to continue from it (checkpoints of d2lite 0.1 on).
+CHECKPOINT_META = "epoch position losses_in_epoch seconds_in_epoch wall_time history board settings".split()
 
 
 # ------------------------------------------------------------------------------ finding runs
@@ -114,16 +116,9 @@ def data_settings(data):
 
 def environment():
     """Versions, devices and host: what the speed and the numbers of a run depend on."""
-    from importlib import metadata
-
-    import jax
-
     versions = {"python": platform.python_version()}
-    for dist in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
+    for dist in ("d2lite", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
+        versions[dist] = _version(dist)
     devices = jax.devices()
     return {
         "versions": versions,
@@ -132,6 +127,15 @@ def environment():
         "devices": [str(d) for d in devices],
         "host": {"platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count()},
     }
+
+
+def _version(dist):
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _cpu_name():
@@ -272,6 +276,13 @@ class RunDirectory:
         if self.step not in steps:
             raise D2LiteError(f"{self.path} has no checkpoint {self.step}; it has {steps}")
         self.meta = self.checkpoints.read_meta(self.step)
+        missing = [key for key in CHECKPOINT_META if key not in self.meta]
+        if missing:  # written by another program, or by a d2lite that saved other things
+            writer = f"d2lite {self.meta['d2lite']}" if "d2lite" in self.meta else "another d2lite version"
+            raise D2LiteError(
+                f"checkpoint {self.checkpoints.path(self.step)} was written by {writer}: it lacks "
+                f"{', '.join(missing)}; resume it with that version, or start a new run"
+            )
         differences = mismatches(self.meta["settings"], self.settings())
         if differences:
             raise D2LiteError(
@@ -358,6 +369,7 @@ class RunDirectory:
             "board": {"data": trainer.board.data, "raw_points": trainer.board.raw_points},
             "settings": self.settings(),
             "arrays": _shapes(arrays),
+            "d2lite": _version("d2lite"),
         }
         with self.writing(f"checkpoint {step}"):
             self.checkpoints.save(step, arrays, meta)

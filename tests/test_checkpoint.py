@@ -6,11 +6,13 @@ import signal
 import subprocess
 import sys
 import threading
+from importlib.metadata import version
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from conftest import Blobs, TinyCNN
 from flax import linen as nn
@@ -241,6 +243,34 @@ def test_a_checkpoint_from_other_model_code_is_refused(tmp_path):
     refused = r"holds other arrays than this model has \(.*\['params'\].*\(4, 3\) float32 in the checkpoint, "
     with pytest.raises(d2l.D2LiteError, match=refused + r"\(5, 3\) float32 now\): resume with the model"):
         fit(make(5), run_dir=run_dir, resume=True, limit_train_batches=1, limit_val_batches=1)
+
+
+def test_checkpoints_of_other_versions_or_programs_are_refused_in_one_line(tmp_path, two_epochs):
+    run_dir = tmp_path / "run"
+    shutil.copytree(two_epochs, run_dir)
+    meta = Checkpoints(run_dir / "checkpoints").read_meta(16)
+    assert meta["d2lite"] == version("d2lite")  # who wrote it
+    # A newer d2lite that saved its epoch under another name (and says which version it was).
+    renamed = {("epoch_index" if k == "epoch" else k): v for k, v in meta.items()} | {"d2lite": "9.0"}
+    newer = Checkpoints(run_dir / "checkpoints")
+    newer.save(17, {"w": np.zeros(2)}, renamed)
+    checkpoint = run_dir.absolute() / "checkpoints" / "17"
+    with pytest.raises(d2l.D2LiteError) as error:
+        fit(CtrlC(dropout=0.2), run_dir=run_dir, resume=True)
+    message = (
+        f"checkpoint {checkpoint} was written by d2lite 9.0: it lacks epoch; resume it with that version"
+    )
+    assert str(error.value).startswith(message)
+    # Another program's orbax checkpoint, with no meta at all.
+    shutil.rmtree(checkpoint)
+    with ocp.CheckpointManager(run_dir / "checkpoints", item_names=("weights",)) as other:
+        other.save(18, args=ocp.args.Composite(weights=ocp.args.StandardSave({"w": np.ones(3)})))
+    with pytest.raises(
+        d2l.D2LiteError,
+        match=r"checkpoint .*/18 cannot be read: it may be corrupted, or not a d2lite checkpoint \(KeyError: .*meta",
+    ) as error:
+        fit(CtrlC(dropout=0.2), run_dir=run_dir, resume=True)
+    assert "\n" not in str(error.value)
 
 
 def test_bad_resume_requests_are_clear_errors(tmp_path):
