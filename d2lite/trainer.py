@@ -347,6 +347,10 @@ class Trainer(HyperParameters):
                     checkpoint = self.run and self.run.save()
                     if self._stop_requested:
                         raise self._interrupted(f"after epoch {self.epoch + 1}", checkpoint)
+        except (jax.errors.JaxRuntimeError, MemoryError) as error:
+            if isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error):
+                raise self._out_of_memory(error) from error
+            raise
         finally:
             self.progress_line.close()
             if self.run is not None:
@@ -467,6 +471,17 @@ class Trainer(HyperParameters):
             f"{values[index]} at step {index + 1} of {self.num_train_batches} of the epoch "
             f"(training step {self.epoch * self.num_train_batches + index + 1})"
             + (f"; the last good checkpoint is {last}" if last else "")
+        )
+
+    def _out_of_memory(self, error):
+        device = self.parallel.devices[0]
+        memory = "host memory" if device.platform == "cpu" else f"{device.device_kind} memory"
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+        size = self.parallel.size  # a batch must still split over the devices
+        smaller = max(size, self.batch_size // 2 // size * size)
+        return D2LiteError(
+            f"out of {memory} at batch size {self.batch_size} ({reason}): try batch_size={smaller} "
+            f"(--batch-size {smaller}), a smaller resize, or precision='bfloat16' (--precision bfloat16)"
         )
 
     @contextlib.contextmanager

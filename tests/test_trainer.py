@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import Blobs, TinyCNN
+from flax import linen as nn
 
 import d2lite as d2l
 
@@ -200,3 +201,27 @@ def test_book_style_dataloader_modules_train_too(quiet_trainer):
     np.testing.assert_allclose(kernel, [2.0, -3.4], atol=0.05)
     assert trainer.history[-1]["val_loss"] < 1e-3
     assert jnp.isfinite(trainer.state.params["net"]["bias"]).all()
+
+
+def test_out_of_memory_is_a_one_line_error_with_a_batch_size_to_try(quiet_trainer):
+    class Huge(Blobs):  # batches of 32 images of 65536 x 65536 pixels: 550 GB of float32
+        def preprocess(self, batch):
+            X, y = batch
+            return jnp.broadcast_to(X[:, :1, :1, None], (X.shape[0], 2**16, 2**16, 1)) + 0.0, y
+
+    class Pooled(d2l.Classifier):  # few parameters, whatever the image size
+        lr: float = 0.1
+
+        @nn.compact
+        def __call__(self, X):
+            return nn.Dense(3)(nn.Conv(2, (3, 3))(X).mean(axis=(1, 2)))
+
+    with pytest.raises(d2l.D2LiteError) as error:
+        quiet_trainer().fit(Pooled(), Huge())
+    message = str(error.value)
+    assert message.startswith("out of host memory at batch size 32 (RESOURCE_EXHAUSTED: ")
+    assert message.endswith(
+        "try batch_size=16 (--batch-size 16), a smaller resize, or precision='bfloat16' "
+        "(--precision bfloat16)"
+    )
+    assert "\n" not in message
