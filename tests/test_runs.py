@@ -189,16 +189,25 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_equals_an_uninterrupted_one
     flags = ["--epochs", "1", "--num-train", "4800", "--num-val", "64", "--batch-size", "16"]
     stopped, whole = tmp_path / "stopped", tmp_path / "whole"
     lenet = [sys.executable, "-m", "chapters.lenet", *flags]
+    # Through make, as `timeout 1h make lenet` runs it: -o skips the set-up targets.
+    make = ["make", "-s", "-o", "install", "-o", "data", "lenet", f"PY={sys.executable}"]
     output = []
     with subprocess.Popen(
-        [*lenet, "--out-dir", str(stopped)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*make, f"ARGS={' '.join(flags)} --out-dir {stopped}"],
+        cwd=Path(__file__).parents[1],
+        start_new_session=True,  # its own process group, as `timeout` makes one
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     ) as child:
         for line in child.stdout:
             output.append(line)
-            if line.startswith("live plot:"):  # mid-epoch: signal as `timeout` does
-                child.send_signal(signal.SIGTERM)
-            if line.startswith("SIGTERM: stopping"):  # and again while the checkpoint is written
-                child.send_signal(signal.SIGTERM)
+            # Mid-epoch, then again while the checkpoint is written: `timeout` signals the whole
+            # group (make and python), and make passes the signal on again.
+            if line.startswith(("live plot:", "SIGTERM: stopping")):
+                os.killpg(child.pid, signal.SIGTERM)
+    with pytest.raises(ProcessLookupError):  # no process of the group is left
+        os.killpg(child.pid, 0)
     assert child.returncode != 0
     text = "".join(output)
     assert "SIGTERM: stopping after the current step and saving a checkpoint" in text
