@@ -345,7 +345,7 @@ class Trainer(HyperParameters):
                     self.epoch = epoch
                     self.fit_epoch()
                     checkpoint = self.run and self.run.save()
-                    if self._stop_requested:
+                    if self._stop_agreed(vote=True):
                         raise self._interrupted(f"after epoch {self.epoch + 1}", checkpoint)
         except (jax.errors.JaxRuntimeError, MemoryError) as error:
             if isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error):
@@ -367,7 +367,8 @@ class Trainer(HyperParameters):
         self.partial_epoch = None
         pending = []  # the outputs of dispatched chunks, not yet read by the host
         for start in range(len(losses), self.num_train_batches, self.dispatch_steps):
-            if self._stop_requested:  # Ctrl-C or SIGTERM: stop here, between two steps
+            vote = start // plot_every > (start - self.dispatch_steps) // plot_every  # at plot points
+            if self._stop_agreed(vote):  # Ctrl-C or SIGTERM: stop here, between two steps
                 self._read(pending, losses)
                 checkpoint = self.run and self.run.save(
                     (losses, seconds_before + time.perf_counter() - started)
@@ -484,6 +485,22 @@ class Trainer(HyperParameters):
             f"(--batch-size {smaller}), a smaller resize, or precision='bfloat16' (--precision bfloat16)"
         )
 
+    def _stop_agreed(self, vote):
+        """Whether to stop before the next dispatch, after a stop was requested.
+
+        A process alone stops at once. Processes of a multi-host run stop together, at the
+        same step, so that they save one checkpoint together and none waits forever for the
+        others in a collective: they agree at the points where `vote` holds (the plot points
+        and the epoch ends, the same steps on every process) whether any of them was asked.
+        """
+        if jax.process_count() == 1:
+            return self._stop_requested
+        if not vote:
+            return False
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.int32(self._stop_requested))))
+
     @contextlib.contextmanager
     def _stop_on_signals(self):
         """Ctrl-C, SIGTERM and SIGUSR1 ask the loop to stop at the next step boundary.
@@ -514,9 +531,13 @@ class Trainer(HyperParameters):
             if not self._stop_requested:
                 self._stop_requested = True
                 saving = " and saving a checkpoint" if self.run is not None else ""
+                others = jax.process_count() - 1
+                when = (
+                    f"at the next plot point, with the other {others}" if others else "after the current step"
+                )
                 again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
                 print(
-                    f"\n{names[signum]}: stopping after the current step{saving}{again}",
+                    f"\n{names[signum]}: stopping {when}{saving}{again}",
                     file=sys.stderr,
                     flush=True,
                 )

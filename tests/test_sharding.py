@@ -64,13 +64,14 @@ def test_a_batch_that_does_not_split_over_the_devices_is_refused(four_device_run
 
 
 def test_two_processes_train_like_one_device(four_device_run, tmp_path):
-    """Two processes of 2 devices each, joined by jax.distributed as hosts would be."""
+    """Two processes of 2 devices each, joined by jax.distributed as hosts would be; one of them
+    signalled mid-run, and the run resumed: the numbers are still one device's."""
     with socket.socket() as probe:  # a free port for the coordinator
         probe.bind(("localhost", 0))
         port = probe.getsockname()[1]
     processes = [
         subprocess.Popen(
-            [sys.executable, str(HERE / "multi_process_run.py"), str(i), str(port), str(tmp_path)],
+            [sys.executable, str(HERE / "multi_process_run.py"), str(i), str(port), str(tmp_path / "run")],
             env=environment(2),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -83,6 +84,10 @@ def test_two_processes_train_like_one_device(four_device_run, tmp_path):
         assert process.returncode == 0, stderr[-3000:]
     results = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
     assert [r["process"] for r in results] == [0, 1] and {r["devices"] for r in results} == {4}
+    # Only process 0 was signalled; both stopped at its next plot point, the end of epoch 2.
+    stopped = f"interrupted after epoch 2: checkpoint saved in {tmp_path / 'run' / 'checkpoints' / '16'}"
+    assert [r["stopped"] for r in results] == [stopped, stopped]
+    assert "SIGTERM: stopping at the next plot point, with the other 1" in outputs[0][1]
     one_device = four_device_run[0]["one"]
     for result in results:
         for mine, reference in zip(result["history"], one_device, strict=True):
