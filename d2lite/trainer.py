@@ -531,10 +531,8 @@ class Trainer(HyperParameters):
             if not self._stop_requested:
                 self._stop_requested = True
                 saving = " and saving a checkpoint" if self.run is not None else ""
-                others = jax.process_count() - 1
-                when = (
-                    f"at the next plot point, with the other {others}" if others else "after the current step"
-                )
+                alone = jax.process_count() == 1
+                when = "after the current step" if alone else "at the next plot point, as every process will,"
                 again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
                 print(
                     f"\n{names[signum]}: stopping {when}{saving}{again}",

@@ -87,7 +87,7 @@ def test_two_processes_train_like_one_device(four_device_run, tmp_path):
     # Only process 0 was signalled; both stopped at its next plot point, the end of epoch 2.
     stopped = f"interrupted after epoch 2: checkpoint saved in {tmp_path / 'run' / 'checkpoints' / '16'}"
     assert [r["stopped"] for r in results] == [stopped, stopped]
-    assert "SIGTERM: stopping at the next plot point, with the other 1" in outputs[0][1]
+    assert "SIGTERM: stopping at the next plot point, as every process will, and saving" in outputs[0][1]
     one_device = four_device_run[0]["one"]
     for result in results:
         for mine, reference in zip(result["history"], one_device, strict=True):
