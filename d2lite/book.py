@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen as nn
-from jax import lax
 
 from .errors import D2LiteError
 from .hparams import HyperParameters
@@ -224,26 +223,6 @@ class Residual(nn.Module):
         return nn.relu(Y + X)
 
 
-def grouped_conv(lhs, rhs, window_strides, padding, *args, feature_group_count=1, **kwargs):
-    """`lax.conv_general_dilated`, except that on a CPU a grouped convolution runs as a dense one.
-
-    XLA's CPU backend runs grouped convolutions and their gradients 7 to 50 times slower than
-    dense ones of the same shapes, so there the kernel becomes a block-diagonal dense one:
-    the weights of group g connect only input group g to output group g, the other entries
-    are zeros that get no gradient. Results and gradients are the grouped convolution's.
-    """
-    groups = feature_group_count
-    if groups > 1 and jax.default_backend() == "cpu":
-        *window, group_in, out = rhs.shape  # Flax's HWIO layout
-        blocks = rhs.reshape(*window, group_in, groups, out // groups)
-        # full[..., G * group_in + i, g * group_out + o] = blocks[..., i, g, o] if G == g else 0
-        full = jnp.einsum("...igo,Gg->...Gigo", blocks, jnp.eye(groups, dtype=rhs.dtype))
-        rhs, groups = full.reshape(*window, groups * group_in, out), 1
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, *args, feature_group_count=groups, **kwargs
-    )
-
-
 class ResNeXtBlock(nn.Module):
     """The ResNeXt block: 1x1 conv, grouped 3x3 conv, 1x1 conv, each with BatchNorm, plus a shortcut.
 
@@ -278,7 +257,6 @@ class ResNeXtBlock(nn.Module):
             strides=self.strides,
             padding="SAME",
             feature_group_count=bot_channels // self.groups,
-            conv_general_dilated=grouped_conv,
             name="conv2",
         )(Y)
         Y = nn.relu(norm(name="bn2")(Y))

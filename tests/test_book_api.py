@@ -10,6 +10,7 @@ import matplotlib
 import numpy as np
 import optax
 import pytest
+from flax import linen as nn
 
 import d2lite as d2l
 
@@ -195,34 +196,68 @@ def test_resnext_block_shapes_with_and_without_stride_and_projection():
     assert Y.shape == (4, 48, 48, 32) and "conv4" in variables["params"]
 
 
-@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
-def test_grouped_conv_matches_xla_grouped_convolution(strides):
-    """The dense block-diagonal stand-in gives the grouped convolution's outputs and gradients.
+@pytest.mark.parametrize(
+    "kernel, strides, padding, groups",
+    [
+        ((3, 3, 8, 12), (1, 1), "SAME", 1),  # ResNet's 3x3 convolutions
+        ((7, 7, 1, 6), (2, 2), "SAME", 1),  # the stem: one input channel, stride 2
+        ((1, 1, 8, 12), (2, 2), "SAME", 1),  # a shortcut's 1x1 convolution
+        ((5, 5, 8, 6), (1, 1), ((2, 1), (0, 3)), 1),  # explicit, uneven padding
+        ((5, 5, 8, 12), (3, 2), "VALID", 1),
+        ((3, 3, 2, 12), (1, 1), "SAME", 4),  # grouped: ResNeXt's
+        ((3, 3, 2, 12), (2, 2), "SAME", 4),
+    ],
+)
+def test_cpu_convolutions_give_xla_convolutions_outputs_and_gradients(kernel, strides, padding, groups):
+    """The stand-ins (kernel gradients as matrix products, grouped convolutions as dense ones)
+    compute what XLA's convolutions compute; the groups are real groups."""
+    from d2lite.convolution import conv_general_dilated
 
-    (On a CPU, where the tests run, `grouped_conv` takes the stand-in; elsewhere it is XLA's.)
-    """
-    from d2lite.book import grouped_conv
-
-    groups = 4
-    lhs = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 7, 8))
-    rhs = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 8 // groups, 12))
-    numbers = ("NHWC", "HWIO", "NHWC")
+    lhs = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, kernel[2] * groups))
+    rhs = jax.random.normal(jax.random.PRNGKey(1), kernel)
 
     def loss(conv, lhs, rhs):
-        y = conv(lhs, rhs, strides, "SAME", dimension_numbers=numbers, feature_group_count=groups)
+        y = conv(
+            lhs, rhs, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups
+        )
         return (y * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size).sum(), y
 
     grad = jax.grad(loss, argnums=(1, 2), has_aux=True)
-    (ours_dlhs, ours_drhs), ours = jax.jit(lambda x, k: grad(grouped_conv, x, k))(lhs, rhs)
+    (ours_dlhs, ours_drhs), ours = jax.jit(lambda x, k: grad(conv_general_dilated, x, k))(lhs, rhs)
     (xla_dlhs, xla_drhs), xla = jax.jit(lambda x, k: grad(jax.lax.conv_general_dilated, x, k))(lhs, rhs)
-    size = {1: 7, 2: 4}[strides[0]]  # 'SAME': ceil(7 / stride)
-    assert ours.shape == xla.shape == (2, size, size, 12)
+    assert ours.shape == xla.shape
     for a, b in ((ours, xla), (ours_dlhs, xla_dlhs), (ours_drhs, xla_drhs)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    # A dense (ungrouped) convolution of the same shapes would differ: the groups are real.
-    dense_rhs = jnp.tile(rhs, (1, 1, groups, 1))
-    dense = jax.lax.conv_general_dilated(lhs, dense_rhs, strides, "SAME", dimension_numbers=numbers)
-    assert not np.allclose(dense, xla, atol=1e-3)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+    if groups > 1:  # a dense convolution of the same shapes would differ
+        dense_rhs = jnp.tile(rhs, (1, 1, groups, 1))
+        dense = jax.lax.conv_general_dilated(
+            lhs, dense_rhs, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        assert not np.allclose(dense, xla, atol=1e-3)
+
+
+def test_flax_convolutions_trace_the_stand_ins_only_inside_cpu_convolutions():
+    from flax.linen import linear
+
+    from d2lite.convolution import cpu_convolutions
+
+    conv = nn.Conv(4, (3, 3))
+    x = jnp.ones((1, 6, 6, 2))
+    variables = conv.init(jax.random.PRNGKey(0), x)
+
+    def jaxpr():
+        return str(jax.make_jaxpr(jax.grad(lambda v: conv.apply(v, x).sum()))(variables))
+
+    assert "custom_vjp" not in jaxpr()
+    original = linear.lax
+    with cpu_convolutions():
+        assert "custom_vjp" in jaxpr()
+        with cpu_convolutions():  # nested: still on, and left on
+            pass
+        assert "custom_vjp" in jaxpr()
+    assert linear.lax is original and "custom_vjp" not in jaxpr()
+    with cpu_convolutions(enabled=False):
+        assert "custom_vjp" not in jaxpr()
 
 
 def test_fashion_mnist_loaders_as_in_the_book():
