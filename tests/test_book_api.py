@@ -199,13 +199,13 @@ def test_resnext_block_shapes_with_and_without_stride_and_projection():
 @pytest.mark.parametrize(
     "kernel, strides, padding, groups",
     [
-        ((3, 3, 8, 12), (1, 1), "SAME", 1),  # ResNet's 3x3 convolutions
-        ((7, 7, 1, 6), (2, 2), "SAME", 1),  # the stem: one input channel, stride 2
-        ((1, 1, 8, 12), (2, 2), "SAME", 1),  # a shortcut's 1x1 convolution
-        ((5, 5, 8, 6), (1, 1), ((2, 1), (0, 3)), 1),  # explicit, uneven padding
-        ((5, 5, 8, 12), (3, 2), "VALID", 1),
-        ((3, 3, 2, 12), (1, 1), "SAME", 4),  # grouped: ResNeXt's
-        ((3, 3, 2, 12), (2, 2), "SAME", 4),
+        ((3, 3, 32, 12), (1, 1), "SAME", 1),  # ResNet's 3x3 convolutions
+        ((7, 7, 1, 6), (2, 2), "SAME", 1),  # the stem: one input channel (XLA's gradient), stride 2
+        ((1, 1, 32, 12), (2, 2), "SAME", 1),  # a shortcut's 1x1 convolution
+        ((5, 5, 32, 6), (1, 1), ((2, 1), (0, 3)), 1),  # explicit, uneven padding
+        ((5, 5, 32, 12), (3, 2), "VALID", 1),
+        ((3, 3, 2, 12), (1, 1), "SAME", 4),  # grouped: ResNeXt's, dense with 8 channels
+        ((3, 3, 8, 12), (2, 2), "SAME", 4),  # grouped, and 32 channels: the products too
     ],
 )
 def test_cpu_convolutions_give_xla_convolutions_outputs_and_gradients(kernel, strides, padding, groups):
@@ -242,7 +242,7 @@ def test_flax_convolutions_trace_the_stand_ins_only_inside_cpu_convolutions():
     from d2lite.convolution import cpu_convolutions
 
     conv = nn.Conv(4, (3, 3))
-    x = jnp.ones((1, 6, 6, 2))
+    x = jnp.ones((1, 6, 6, 32))
     variables = conv.init(jax.random.PRNGKey(0), x)
 
     def jaxpr():
