@@ -185,8 +185,8 @@ def test_chapter_ctrl_c_saves_and_resume_continues_the_latest_run(tmp_path, monk
 
 
 def test_sigterm_mid_epoch_saves_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path):
-    # 300 steps of batch 16 in one epoch; the live plot's first drawing comes after step 150.
-    flags = ["--epochs", "1", "--num-train", "4800", "--num-val", "64", "--batch-size", "16"]
+    # 150 steps of batch 16 in one epoch; the live plot's first drawing comes after step 75.
+    flags = ["--epochs", "1", "--num-train", "2400", "--num-val", "64", "--batch-size", "16"]
     stopped, whole = tmp_path / "stopped", tmp_path / "whole"
     lenet = [sys.executable, "-m", "chapters.lenet", *flags]
     # Through make, as `timeout 1h make lenet` runs it: -o skips the set-up targets.
@@ -213,7 +213,7 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_equals_an_uninterrupted_one
     assert "SIGTERM: stopping after the current step and saving a checkpoint" in text
     assert f"resume with: python -m chapters.lenet --resume {stopped}" in text
     (step,) = [int(p.name) for p in (stopped / "checkpoints").iterdir()]
-    assert 150 <= step < 300  # stopped within the epoch, its checkpoint intact
+    assert 75 <= step < 150  # stopped within the epoch, its checkpoint intact
     subprocess.run([*lenet, "--resume", str(stopped)], check=True, capture_output=True, timeout=300)
     subprocess.run([*lenet, "--out-dir", str(whole)], check=True, capture_output=True, timeout=300)
 
@@ -274,15 +274,13 @@ def test_the_divergence_rule_fires_on_a_jump_and_stays_quiet_on_noisy_falling_cu
 
 
 def test_a_diverging_loss_is_reported_once_an_epoch_or_stops_the_run(tmp_path, capsys):
-    trainer = d2l.Trainer(max_epochs=5, limit_train_batches=8)
+    trainer = d2l.Trainer(max_epochs=4, limit_train_batches=8)
     trainer.fit(TooHotLater(use_bn=False), Blobs())
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-    assert len(trainer.history) == 5  # warned, not stopped: once an epoch for each kind
+    assert len(trainer.history) == 4  # warned, not stopped: once in the epoch for each kind
     assert [w.split(":")[1] for w in warnings] == [
         " the training loss diverges in epoch 4",
         " the validation accuracy collapsed in epoch 4",
-        " the training loss diverges in epoch 5",
-        " the validation accuracy collapsed in epoch 5",
     ]
     assert (
         "its lowest level so far" in warnings[0]
@@ -294,7 +292,7 @@ def test_a_diverging_loss_is_reported_once_an_epoch_or_stops_the_run(tmp_path, c
     assert "warning" not in capsys.readouterr().err
 
     run_dir = tmp_path / "run"
-    stopping = d2l.Trainer(max_epochs=5, run_dir=run_dir, progress=False, stop_on_divergence=True)
+    stopping = d2l.Trainer(max_epochs=4, run_dir=run_dir, progress=False, stop_on_divergence=True)
     with pytest.raises(d2l.D2LiteError) as error:
         stopping.fit(TooHotLater(use_bn=False), Blobs())
     checkpoint = run_dir.absolute() / "checkpoints" / "24"
