@@ -40,6 +40,17 @@ def flatten(x):
     return x.reshape((x.shape[0], -1))
 
 
+def dense_head(num_classes, training):
+    """Flatten, two dense layers of 4096 units with ReLU and dropout 0.5, then the class scores.
+
+    VGG (section 8.2) ends with the same layers.
+    """
+    layers = [flatten]
+    for _ in range(2):
+        layers += [nn.Dense(4096), nn.relu, nn.Dropout(0.5, deterministic=not training)]
+    return [*layers, nn.Dense(num_classes)]
+
+
 class AlexNet(d2l.Classifier):
     """AlexNet for 1-channel images: five convolutions, three dense layers."""
 
@@ -63,14 +74,7 @@ class AlexNet(d2l.Classifier):
                 nn.Conv(256, kernel_size=(3, 3), padding=1),
                 nn.relu,
                 max_pool_3x3_s2,
-                flatten,
-                nn.Dense(4096),
-                nn.relu,
-                nn.Dropout(0.5, deterministic=not self.training),
-                nn.Dense(4096),
-                nn.relu,
-                nn.Dropout(0.5, deterministic=not self.training),
-                nn.Dense(self.num_classes),
+                *dense_head(self.num_classes, self.training),
             ]
         )
 

@@ -14,7 +14,7 @@
 from flax import linen as nn
 
 import d2lite as d2l
-from chapters.alexnet import flatten
+from chapters.alexnet import dense_head
 
 # %% [markdown]
 # ## The VGG block
@@ -67,14 +67,7 @@ class VGG(d2l.Classifier, kw_only=True):
         self.net = nn.Sequential(
             [
                 *(vgg_block(num_convs, channels) for num_convs, channels in self.arch),
-                flatten,
-                nn.Dense(4096),
-                nn.relu,
-                nn.Dropout(0.5, deterministic=not self.training),
-                nn.Dense(4096),
-                nn.relu,
-                nn.Dropout(0.5, deterministic=not self.training),
-                nn.Dense(self.num_classes),
+                *dense_head(self.num_classes, self.training),  # AlexNet's
             ]
         )
 
