@@ -204,10 +204,13 @@ def test_book_style_dataloader_modules_train_too(quiet_trainer):
 
 
 def test_out_of_memory_is_a_one_line_error_with_a_batch_size_to_try(quiet_trainer):
-    class Huge(Blobs):  # batches of 32 images of 65536 x 65536 pixels: 550 GB of float32
+    class Huge(
+        Blobs
+    ):  # 32 images of 2**21 x 2**21 pixels: 512 TiB, beyond what a 47-bit address space can map,
+        # so the allocation fails even where the kernel overcommits memory
         def preprocess(self, batch):
             X, y = batch
-            return jnp.broadcast_to(X[:, :1, :1, None], (X.shape[0], 2**16, 2**16, 1)) + 0.0, y
+            return jnp.broadcast_to(X[:, :1, :1, None], (X.shape[0], 2**21, 2**21, 1)) + 0.0, y
 
     class Pooled(d2l.Classifier):  # few parameters, whatever the image size
         lr: float = 0.1
