@@ -204,10 +204,10 @@ def test_book_style_dataloader_modules_train_too(quiet_trainer):
 
 
 def test_out_of_memory_is_a_one_line_error_with_a_batch_size_to_try(quiet_trainer):
-    class Huge(
-        Blobs
-    ):  # 32 images of 2**21 x 2**21 pixels: 512 TiB, beyond what a 47-bit address space can map,
-        # so the allocation fails even where the kernel overcommits memory
+    class Huge(Blobs):
+        """Batches of 32 images of 2**21 x 2**21 pixels: 512 TiB, more than a 47-bit address space
+        can map, so the allocation fails even where the kernel overcommits memory."""
+
         def preprocess(self, batch):
             X, y = batch
             return jnp.broadcast_to(X[:, :1, :1, None], (X.shape[0], 2**21, 2**21, 1)) + 0.0, y
