@@ -75,7 +75,7 @@ class ProgressBoard:
         self.data = {}  # label -> [(x, y), ...] as plotted
         self._lines = {}
         self._dirty = set()  # labels whose Line2D lags behind `data`
-        self._announced = False
+        self._announced = self._write_failed = False  # told where the plot is; told it cannot be written
         self.display_handle = None  # the notebook output this board redraws; a new fit makes a new one
 
     def draw(self, x, y, label, every_n=1):
@@ -93,8 +93,6 @@ class ProgressBoard:
     def save(self, path):
         """Write the current figure to `path`; the format follows the suffix (.png, .svg, ...)."""
         self._sync()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_savefig(self.fig, path)
 
     def _sync(self):
@@ -160,12 +158,12 @@ class ProgressBoard:
                 write_atomic(self.save_dir / "progress.png", lambda f: f.write(png))
                 _atomic_savefig(self.fig, self.save_dir / "progress.svg")
             except OSError as error:  # a full disk: say so once, and let the run's checkpoint decide
-                if not self._announced:
+                if not self._write_failed:
                     print(
                         f"warning: cannot write the live plot in {self.save_dir} ({error.strerror})",
                         flush=True,
                     )
-                self._announced = True
+                self._write_failed = True
                 return
             if not self._announced and not notebook:
                 self._announced = True

@@ -332,8 +332,8 @@ class Trainer(HyperParameters):
         try:
             if self.run is not None:
                 self.run.open()
-            if self.run is not None and getattr(data, "source", None):
-                print(f"data: {data.source}", flush=True)  # which copy of the files a recorded run read
+                if getattr(data, "source", None):
+                    print(f"data: {data.source}", flush=True)  # which copy of the files a recorded run read
             self.state = self.init_state(init_key)
             self.shuffle_key = self.parallel.replicate(shuffle_key)
             self._compile_programs()
@@ -369,8 +369,10 @@ class Trainer(HyperParameters):
         self.partial_epoch = None
         pending = []  # the outputs of dispatched chunks, not yet read by the host
         for start in range(len(losses), self.num_train_batches, self.dispatch_steps):
-            vote = start // plot_every > (start - self.dispatch_steps) // plot_every  # at plot points
-            if self._stop_agreed(vote):  # Ctrl-C or SIGTERM: stop here, between two steps
+            # A plot point is due: the host reads the chunks before this one (processes also agree
+            # whether to stop there, see _stop_agreed). Never at an epoch's first dispatch.
+            plot_due = start // plot_every > len(losses) // plot_every
+            if self._stop_agreed(plot_due):  # Ctrl-C or SIGTERM: stop here, between two steps
                 self._read(pending, losses)
                 checkpoint = self.run and self.run.save(
                     (losses, seconds_before + time.perf_counter() - started)
@@ -388,7 +390,7 @@ class Trainer(HyperParameters):
                 finished = pending[-2][0].block_until_ready()
                 # The live line shows the latest loss; reading it costs a transfer, so only on a TTY.
                 latest = float(to_host(finished)[-1]) if self.progress_line.tty else None
-                if start // plot_every > len(losses) // plot_every:  # a plot point is due
+                if plot_due:
                     self._read(pending[:-1], losses)
                     del pending[:-1]
                 self.progress_line.advance(len(finished), loss=latest)
@@ -438,14 +440,14 @@ class Trainer(HyperParameters):
 
     def _check_accuracy(self, record):
         """Report a validation accuracy that falls more than ACCURACY_DROP below its best."""
-        earlier = [r["val_acc"] for r in self.history[:-1] if r.get("val_acc") is not None]
+        earlier = [r for r in self.history if r.get("val_acc") is not None]  # `record` is not in it yet
         accuracy = record.get("val_acc")
-        if earlier and accuracy is not None and accuracy < max(earlier) - ACCURACY_DROP:
-            best = int(np.argmax(earlier))
+        best = max(earlier, key=lambda r: r["val_acc"], default=None)
+        if best and accuracy is not None and accuracy < best["val_acc"] - ACCURACY_DROP:
             self._diverged(
                 "accuracy",
                 f"the validation accuracy collapsed in epoch {self.epoch + 1}: {accuracy:.4f}, down from "
-                f"{earlier[best]:.4f} in epoch {self.history[best]['epoch']}",
+                f"{best['val_acc']:.4f} in epoch {best['epoch']}",
             )
 
     def _diverged(self, kind, what):

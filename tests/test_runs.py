@@ -301,3 +301,12 @@ def test_a_diverging_loss_is_reported_once_an_epoch_or_stops_the_run(tmp_path, c
         f"stopped (stop_on_divergence); the last checkpoint, from before it, is {checkpoint}"
     )
     assert [r["epoch"] for r in runs.read_metrics(run_dir)] == [1, 2, 3]
+
+
+def test_an_accuracy_collapse_counts_from_the_best_epoch_including_the_last_one():
+    trainer = d2l.Trainer(max_epochs=3, stop_on_divergence=True)
+    trainer.model, trainer.run, trainer.epoch, trainer._divergence_reported = TinyCNN(), None, 2, set()
+    trainer.history = [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.9}]  # epoch 3's is not in yet
+    with pytest.raises(d2l.D2LiteError, match=r"collapsed in epoch 3: 0\.6000, down from 0\.9000 in epoch 2"):
+        trainer._check_accuracy({"epoch": 3, "val_acc": 0.6})
+    trainer._check_accuracy({"epoch": 3, "val_acc": 0.8})  # within ACCURACY_DROP of the best: quiet
