@@ -1,6 +1,7 @@
 """The options every chapter shares: flags in a script, defaults in a notebook, runs that resume."""
 
 import argparse
+import dataclasses
 import functools
 import os
 import sys
@@ -10,6 +11,7 @@ from . import runs
 from .board import in_notebook
 from .errors import D2LiteError
 from .precision import PRECISIONS
+from .recipe import SCHEDULES, Recipe
 from .trainer import fast_dev_run
 
 QUICK_BATCHES = 10  # training batches per epoch in --quick mode (2 validation batches)
@@ -118,6 +120,7 @@ def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
             help="folder with the four Fashion-MNIST .gz files "
             "(default: $D2LITE_DATA, user cache, Debian package, download)",
         )
+        recipe_flags(parser)
         parser.add_argument(
             "--predictions",
             action="store_true",
@@ -182,6 +185,35 @@ def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
     return parser
 
 
+def recipe_flags(parser):
+    """The ingredients of a modern recipe beyond the book's (recipe.py), all off by default."""
+    group = parser.add_argument_group("beyond the book (d2lite.Recipe; all off by default)")
+    add = group.add_argument
+    add("--crop-padding", type=int, metavar="PIXELS", help="random crops of the padded images")
+    add(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        help="mirror half of the training images left to right",
+    )
+    add("--erase", type=float, metavar="P", help="blank a random rectangle with probability P")
+    add("--schedule", choices=(*SCHEDULES, "none"), help="learning-rate schedule over the run's steps")
+    add("--warmup-epochs", type=float, metavar="E", help="the schedule's linear rise")
+    add("--label-smoothing", type=float, metavar="S", help="spread S of each target")
+    add("--weight-decay", type=float, metavar="W", help="L2 on the kernels only")
+    add("--ema", type=float, metavar="DECAY", help="validate an average of the weights (0: off)")
+    add("--tta-flip", action=argparse.BooleanOptionalAction, help="validate on each image and its mirror")
+
+
+def recipe_of(args):
+    """The Recipe the flags of `recipe_flags` ask for."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)}
+    off = {"schedule": "none", "ema": 0}  # how a flag turns off an ingredient a chapter turned on
+    given = {k: v for k, v in given.items() if v is not None and v != off.get(k, ())}
+    if "schedule" not in given:
+        given.pop("warmup_epochs", None)  # the warmup is the schedule's
+    return Recipe(**given)
+
+
 def chapter_args(name, title, *, epochs, batch_size, lr, resize, options=None, smoke_resize=None):
     """The settings of chapter `name`'s training cell, as an argparse Namespace.
 
@@ -232,6 +264,7 @@ def chapter_args(name, title, *, epochs, batch_size, lr, resize, options=None, s
         "steps_per_dispatch": args.steps_per_dispatch,
         "precision": args.precision,
         "stop_on_divergence": args.stop_on_divergence,
+        "recipe": recipe_of(args) if images else None,
         **limits,
     }
     return args

@@ -109,6 +109,11 @@ class FashionMNIST(DataModule):
     `data_dir` overrides the search path (`$D2LITE_DATA`, the user cache, Debian's
     `/usr/share/datasets/fashion-mnist`); `num_train`/`num_val` take the first examples only.
     `train` and `val` are the raw (uint8 images, labels) pairs, as in the book.
+
+    Like the book, the test images validate. To tune a recipe without looking at them,
+    `holdout=N` validates on the last N training images instead (training keeps the others),
+    and `test_data()` holds the test images, to score the tuned model once at the end:
+    `trainer.evaluate(data.test_data())`.
     """
 
     num_classes = 10
@@ -125,13 +130,15 @@ class FashionMNIST(DataModule):
         "ankle boot",
     )
 
-    def __init__(self, batch_size=64, resize=(28, 28), data_dir=None, num_train=None, num_val=None):
+    def __init__(
+        self, batch_size=64, resize=(28, 28), data_dir=None, num_train=None, num_val=None, holdout=None
+    ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise D2LiteError(f"batch_size must be a positive integer, got {batch_size!r}")
         resize = tuple(resize) if isinstance(resize, list | tuple) else (resize, resize)
         if len(resize) != 2 or not all(isinstance(s, int) and s > 0 for s in resize):
             raise D2LiteError(f"resize must be (height, width) in positive pixels, got {resize!r}")
-        for name, count in (("num_train", num_train), ("num_val", num_val)):
+        for name, count in (("num_train", num_train), ("num_val", num_val), ("holdout", holdout)):
             if count is not None and (not isinstance(count, int) or count <= 0):
                 raise D2LiteError(f"{name} must be a positive integer or None, got {count!r}")
         self.save_hyperparameters()
@@ -143,11 +150,22 @@ class FashionMNIST(DataModule):
 
             loaded = fetch.load(self.data_dir)
             self.source = loaded["source"]
+            train, val = loaded["train"], loaded["test"]
+            if self.holdout:
+                kept = len(train[-1]) - self.holdout
+                if kept <= 0:
+                    raise D2LiteError(f"holdout={self.holdout} leaves no training images of {len(train[-1])}")
+                train, val = tuple(a[:kept] for a in train), tuple(a[kept:] for a in train)
             self._splits = {
-                True: tuple(a[: self.num_train] for a in loaded["train"]),
-                False: tuple(a[: self.num_val] for a in loaded["test"]),
+                True: tuple(a[: self.num_train] for a in train),
+                False: tuple(a[: self.num_val] for a in val),
             }
         return self._splits
+
+    def test_data(self, num_val=None):
+        """The same data, validating on the 10,000 test images (the first `num_val` of them): to
+        score a model tuned on a holdout."""
+        return FashionMNIST(self.batch_size, self.resize, self.data_dir, num_val=num_val)
 
     @property
     def train(self):

@@ -23,6 +23,7 @@ from flax import linen as nn
 from .board import ProgressBoard
 from .errors import D2LiteError
 from .hparams import HyperParameters
+from .recipe import smoothed_cross_entropy
 
 _recorders = []  # one {(key, train): value} per step being traced, innermost last
 
@@ -142,6 +143,7 @@ class Classifier(Module):
 
         The book's last version (section 8.5): BatchNorm statistics are updated and the
         dropout layers get the state's key; `(losses, updates)` per example when not averaged.
+        With a recipe's `label_smoothing` (in the state) the targets are smoothed.
         """
         Y_hat, updates = state.apply_fn(
             {"params": params, "batch_stats": state.batch_stats},
@@ -150,7 +152,8 @@ class Classifier(Module):
             rngs={"dropout": state.dropout_rng},
         )
         Y_hat = Y_hat.reshape((-1, Y_hat.shape[-1])).astype(jnp.float32)
-        losses = optax.softmax_cross_entropy_with_integer_labels(Y_hat, Y.reshape(-1))
+        # A recipe's label smoothing travels in the state (recipe.py); the book's has none.
+        losses = smoothed_cross_entropy(Y_hat, Y.reshape(-1), getattr(state, "label_smoothing", 0.0))
         return (losses.mean() if averaged else losses), updates
 
     def accuracy(self, params, X, Y, state, averaged=True):

@@ -25,13 +25,14 @@ def predict_validation(trainer, max_examples=2048):
     if trainer.state is None:
         raise D2LiteError("predictions need a trained state: call trainer.fit(model, data) first")
     batch_size, preprocess = trainer.batch_size, trainer.data.preprocess
-    model, eval_apply = trainer.model, trainer.eval_model.apply
+    model = trainer.model
 
     @jax.jit
     def predict(state, arrays, index):
         rows = tuple(lax.dynamic_slice_in_dim(a, index * batch_size, batch_size) for a in arrays)
         batch = preprocess(rows)
-        outputs = model.predict(state.params, batch[:-1], state.replace(apply_fn=eval_apply))
+        state = trainer.evaluation_state(state)  # as validation sees it (averaged weights, TTA)
+        outputs = model.predict(state.params, batch[:-1], state)
         return batch[0], batch[-1], outputs
 
     num_batches = min(trainer.num_val_batches, math.ceil(max_examples / batch_size))

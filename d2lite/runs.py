@@ -35,6 +35,7 @@ import numpy as np
 from flax import serialization
 
 from .errors import D2LiteError
+from .recipe import Recipe
 
 CONFIG, METRICS, CHECKPOINTS = "config.json", "metrics.csv", "checkpoints"
 # What a checkpoint's meta must hold for fit to continue from it (checkpoints of d2lite 0.1 on).
@@ -245,10 +246,16 @@ class RunDirectory:
         """What a resumed run must share with the run it continues."""
         names = ("gradient_clip_val", "seed", "limit_train_batches", "limit_val_batches")
         trainer = self.trainer
+        if trainer.recipe.schedule:  # the schedule spans the run's epochs
+            names += ("max_epochs",)
         return {
             "model": model_settings(trainer.model),
             "data": data_settings(trainer.data),
             "trainer": describe({k: trainer.hparams[k] for k in names}),
+            # Only what differs from the book's recipe: runs from before recipes still resume.
+            "recipe": {
+                k: v for k, v in dataclasses.asdict(trainer.recipe).items() if v != getattr(Recipe, k)
+            },
         }
 
     def open(self):

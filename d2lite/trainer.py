@@ -16,8 +16,10 @@ Epochs differ only in traced values (the permutation, the chunk start), so nothi
 recompiles after the first epoch. A `fit_epoch` of the reader's own (the book's loop of
 section 3.4) runs instead of ours, over `train_dataloader` and `val_dataloader`. With
 several devices each batch is split over them (sharding.py); `precision="bfloat16"`
-computes in bfloat16 around float32 state (precision.py). With a run directory the host
-also writes, between epochs, the metrics and a checkpoint, and a run resumes exactly (runs.py).
+computes in bfloat16 around float32 state (precision.py); a `recipe` (recipe.py) adds
+augmentation and a weight average to the step and mirrored images to evaluation. With a
+run directory the host also writes, between epochs, the metrics and a checkpoint, and a
+run resumes exactly (runs.py).
 """
 
 import contextlib
@@ -35,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 from flax.training import train_state
 from jax import lax
 
@@ -45,6 +48,7 @@ from .errors import D2LiteError
 from .hparams import HyperParameters
 from .module import Classifier, for_evaluation, input_error, recording_plots
 from .precision import compute_dtype, compute_in
+from .recipe import Recipe
 from .runs import RunDirectory
 from .sharding import DataParallel, to_host
 
@@ -64,10 +68,13 @@ def fast_dev_run():
 
 
 class TrainState(train_state.TrainState):
-    """Parameters, optimizer state, BatchNorm statistics and the dropout key stream."""
+    """Parameters, optimizer state, BatchNorm statistics and the dropout key stream; with a
+    recipe (recipe.py), the average of the weights and the label smoothing of the loss."""
 
     batch_stats: Any = None
     dropout_rng: jax.Array = None
+    average: Any = None  # {"params": ..., "batch_stats": ...}, the EMA of both
+    label_smoothing: float = struct.field(pytree_node=False, default=0.0)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -107,6 +114,10 @@ class Trainer(HyperParameters):
     finite, or a validation accuracy that collapses (see `divergence`), is reported on the
     progress output when the host reads the losses; `stop_on_divergence=True` stops the fit
     there instead, keeping the last checkpoint, which precedes the divergence.
+
+    `recipe` adds what the book leaves out (recipe.py): augmentation on the device, a
+    learning-rate schedule, label smoothing, weight decay on kernels only, an average of the
+    weights and mirrored images for evaluation. None is the book's recipe.
     """
 
     def __init__(
@@ -128,6 +139,7 @@ class Trainer(HyperParameters):
         progress=True,
         plot=True,
         stop_on_divergence=False,
+        recipe=None,
     ):
         smoke = fast_dev_run()
         if smoke:
@@ -150,6 +162,9 @@ class Trainer(HyperParameters):
             message = f"gradient_clip_val must be >= 0 (0 turns clipping off), got {gradient_clip_val!r}"
             raise D2LiteError(message)
         compute_dtype(precision)  # a one-line error now rather than in fit
+        recipe = Recipe() if recipe is None else recipe
+        if not isinstance(recipe, Recipe):
+            raise D2LiteError(f"recipe must be a d2lite Recipe or None, got {recipe!r}")
         if resume is True and run_dir is None:
             raise D2LiteError("resume=True continues the run in run_dir: give run_dir (or resume=PATH)")
         self.save_hyperparameters()
@@ -231,17 +246,37 @@ class Trainer(HyperParameters):
         except (TypeError, ValueError, ZeroDivisionError) as error:
             raise input_error(self.model, inputs[0].shape, error) from error
         self._check_shapes(inputs, outputs, intermediates)
-        tx = self.model.configure_optimizers()
+        tx = self.recipe.optimizer(self.model.configure_optimizers(), self.num_train_batches, self.max_epochs)
         if self.gradient_clip_val > 0:  # the book's JAX Trainer accepts this and ignores it
             tx = optax.chain(optax.clip_by_global_norm(self.gradient_clip_val), tx)
+        smoothing = self.recipe.label_smoothing
+        if smoothing and type(self.model).loss is not Classifier.loss:
+            raise D2LiteError(
+                f"label_smoothing needs the Classifier's loss; {type(self.model).__name__} has its own"
+            )
+        average = None
+        if self.recipe.ema:  # its own buffers: the state is donated, and a buffer only once
+            average = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+            average = jax.tree.map(jnp.copy, average)
         state = TrainState.create(
             apply_fn=compute_in(self.precision, self.model.apply),
             params=variables["params"],
             batch_stats=variables.get("batch_stats", {}),
             dropout_rng=dropout_key,
             tx=tx,
+            average=average,
+            label_smoothing=smoothing,
         )
         return self.parallel.replicate(state)
+
+    def evaluation_state(self, state):
+        """`state` as evaluation uses it: the eval-mode model, averaged weights with an EMA,
+        mirrored images with flip TTA, and the plain loss (no label smoothing)."""
+        apply = self.recipe.evaluation_apply(compute_in(self.precision, self.eval_model.apply))
+        state = state.replace(apply_fn=apply, label_smoothing=0.0)
+        if state.average is not None:
+            state = state.replace(**state.average)
+        return state
 
     def _check_shapes(self, inputs, outputs, intermediates):
         for path, leaf in jax.tree_util.tree_leaves_with_path(intermediates):
@@ -259,7 +294,7 @@ class Trainer(HyperParameters):
 
     # ------------------------------------------------------------------ compiled programs
     def _compile_programs(self):
-        model, preprocess, parallel = self.model, self.data.preprocess, self.parallel
+        model, preprocess, parallel, recipe = self.model, self.data.preprocess, self.parallel, self.recipe
         batch_size, num_batches = self.batch_size, self.num_train_batches
 
         def epoch_order(key, epoch):
@@ -269,14 +304,21 @@ class Trainer(HyperParameters):
         def train_step(state, arrays, indices):
             indices = parallel.split(indices)  # each device gathers and runs its own slice
             batch = self.prepare_batch(preprocess(tuple(a[indices] for a in arrays)))
+            step_key = jax.random.fold_in(state.dropout_rng, state.step)
+            if recipe.augments:
+                batch = (recipe.augment(jax.random.fold_in(step_key, 1), batch[0]), *batch[1:])
             batch = jax.tree.map(parallel.split, batch)
-            step_state = state.replace(dropout_rng=jax.random.fold_in(state.dropout_rng, state.step))
+            step_state = state.replace(dropout_rng=step_key)
             with recording_plots() as plotted:
                 value, grads = model.training_step(state.params, batch, step_state)
             # The book's Module returns the loss, its Classifier (loss, variable updates).
             loss, updates = value if isinstance(value, tuple) else (value, {})
             batch_stats = updates.get("batch_stats", state.batch_stats)
-            return state.apply_gradients(grads=grads, batch_stats=batch_stats), (loss, plotted)
+            new = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+            if recipe.ema:
+                latest = {"params": new.params, "batch_stats": new.batch_stats}
+                new = new.replace(average=recipe.update_average(state.average, latest, state.step))
+            return new, (loss, plotted)
 
         def train_chunk(state, arrays, order, start, num_steps):
             indices = lax.dynamic_slice_in_dim(order, start, num_steps)
@@ -290,27 +332,34 @@ class Trainer(HyperParameters):
                 )
             return parallel.keep_replicated(state), outputs
 
-        eval_model, eval_apply = self.eval_model, compute_in(self.precision, self.eval_model.apply)
+        eval_model = self.eval_model
 
-        def eval_batch(state, arrays, mask, index, totals):
+        def batch_sums(state, arrays, mask, index):
             rows = [
                 parallel.split(lax.dynamic_slice_in_dim(a, index * batch_size, batch_size)) for a in arrays
             ]
             weights = parallel.split(lax.dynamic_slice_in_dim(mask, index * batch_size, batch_size))
-            eval_state = state.replace(apply_fn=eval_apply)
+            eval_state = self.evaluation_state(state)
 
             def plotted_for(example):  # a batch of one: what the step plots is this example's
                 with recording_plots() as plotted:
-                    eval_model.validation_step(state.params, tuple(a[None] for a in example), eval_state)
+                    eval_model.validation_step(eval_state.params, tuple(a[None] for a in example), eval_state)
                 return plotted
 
             values = jax.vmap(plotted_for)(tuple(self.prepare_batch(preprocess(tuple(rows)))))
-            sums = {k: (v.reshape(batch_size, -1).mean(1) * weights).sum() for k, v in values.items()}
-            return sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+            return {k: (v.reshape(batch_size, -1).mean(1) * weights).sum() for k, v in values.items()}
+
+        # Jitted on its own too, so that tracing it for the shapes of the sums (see `_evaluate`)
+        # is the one trace that eval_batch reuses.
+        batch_sums = jax.jit(batch_sums)
+
+        def eval_batch(state, arrays, mask, index, totals):
+            return jax.tree.map(jnp.add, totals, batch_sums(state, arrays, mask, index))
 
         self._epoch_order = jax.jit(epoch_order, out_shardings=parallel.replicated)
         self._train_chunk = jax.jit(train_chunk, donate_argnums=0, static_argnames="num_steps")
         self._eval_batch = jax.jit(eval_batch, donate_argnums=4)
+        self._batch_sums = batch_sums
 
     # -------------------------------------------------------------------------- training
     def fit(self, model, data, key=None):
@@ -578,10 +627,12 @@ class Trainer(HyperParameters):
 
     def _evaluate(self):
         # One call per batch (a loop inside XLA runs slowly on CPU); the sums stay on the device.
-        totals = None
+        # They start from zeros shaped like what validation_step plots (traced, not compiled), so
+        # that every batch runs the same program.
+        shapes = jax.eval_shape(self._batch_sums, self.state, self.val_arrays, self.val_mask, 0)
+        totals = self.parallel.replicate(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
         for index in range(self.num_val_batches):
             totals = self._eval_batch(self.state, self.val_arrays, self.val_mask, index, totals)
-        totals = totals or {}  # a validation_step that plots nothing
         return {key: float(to_host(value)) / self.num_val_examples for (key, _), value in totals.items()}
 
 

@@ -34,6 +34,20 @@ def test_subsets_have_exact_sizes_and_stay_uint8():
     assert len(full.arrays(True)[1]) == 60000 and len(full.arrays(False)[1]) == 10000
 
 
+def test_a_holdout_validates_on_training_images_and_keeps_the_test_images_for_the_end():
+    full = d2l.FashionMNIST()
+    X, y = full.arrays(True)
+    data = d2l.FashionMNIST(holdout=5000, num_train=2000)
+    np.testing.assert_array_equal(data.arrays(False)[0], X[55000:])  # the last 5000 training images
+    np.testing.assert_array_equal(data.arrays(True)[0], X[:2000])
+    assert np.bincount(data.arrays(False)[1]).min() > 400  # every class, about 500 each
+    test = data.test_data()
+    np.testing.assert_array_equal(test.arrays(False)[0], full.arrays(False)[0])
+    assert (test.batch_size, test.resize) == (data.batch_size, data.resize)
+    with pytest.raises(d2l.D2LiteError, match="holdout=60000 leaves no training images of 60000"):
+        d2l.FashionMNIST(holdout=60000).arrays(True)
+
+
 def test_preprocess_scales_and_resizes_inside_jit():
     data = d2l.FashionMNIST(resize=(96, 96))
     images = np.zeros((2, 28, 28), np.uint8)
