@@ -66,10 +66,13 @@ resnet: install data
 
 # One target per chapter, in the book's order: `make vgg ARGS="--epochs 2"`.
 CHAPTERS := linear_regression softmax_regression lenet alexnet vgg nin googlenet batchnorm \
-            resnet resnext densenet regnet resnet_nnx
-.PHONY: $(CHAPTERS)
+            resnet resnext densenet regnet resnet_nnx modern_recipe
+.PHONY: $(CHAPTERS) modern
 $(filter-out resnet,$(CHAPTERS)): install data
 	$(PY) -m chapters.$@ $(ARGS)
+
+# Beyond the book: a modern recipe, tuned on held-out training images, tested once.
+modern: modern_recipe
 
 # Every chapter with its defaults: hours on a CPU, minutes on a GPU.
 all: $(CHAPTERS)
