@@ -1,20 +1,40 @@
 """Shared test fixtures: a tiny synthetic classification task and a tiny CNN."""
 
+import contextlib
 import os
 import runpy
+import shutil
 import signal
 import sys
+import tempfile
+import time
 import warnings
+from pathlib import Path
 
-# Tests compile from scratch, so compile counts and timings do not depend on earlier runs
-# (test_compile_cache.py turns the cache on in its own processes).
-os.environ["D2LITE_COMPILE_CACHE"] = "0"
 
-import numpy as np
-import pytest
-from flax import linen as nn
+def _compile_cache_of_this_run():
+    """One persistent compilation cache per test run, shared by the pytest workers, their
+    child processes and the notebook kernels: many tests build the same programs (a TinyCNN
+    on Blobs, a chapter run twice to compare), and loading a program is faster than compiling
+    it again. It starts empty, so no test depends on an earlier run; `count_compiles` counts
+    a load as a compilation. Caches of runs over a day old are removed."""
+    root = Path(tempfile.gettempdir()) / "d2lite-test-jax-cache"
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"  # the same in every worker
+    for old in root.glob("*"):
+        with contextlib.suppress(OSError):
+            if old.name != run and time.time() - old.stat().st_mtime > 86400:
+                shutil.rmtree(old, ignore_errors=True)
+    return root / run
 
-import d2lite as d2l
+
+os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_compile_cache_of_this_run())
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # small programs too
+
+import numpy as np  # noqa: E402 (after the cache is chosen: JAX reads it on import)
+import pytest  # noqa: E402
+from flax import linen as nn  # noqa: E402
+
+import d2lite as d2l  # noqa: E402
 
 
 class Blobs(d2l.DataModule):

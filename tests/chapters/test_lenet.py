@@ -6,6 +6,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from chapter_helpers import param_count
 from conftest import run_chapter
 
 import d2lite as d2l
@@ -32,15 +33,13 @@ def test_layer_summary_matches_the_book():
 
 
 def test_parameter_count():
-    variables = lenet.LeNet().init(jax.random.PRNGKey(0), jax.numpy.zeros((1, 28, 28, 1)))
-    count = sum(p.size for p in jax.tree.leaves(variables["params"]))
     # conv 6*25+6, conv 16*6*25+16, dense 400*120+120, 120*84+84, 84*10+10
-    assert count == 156 + 2416 + 48120 + 10164 + 850 == 61706
+    assert param_count(lenet.LeNet(), (1, 28, 28, 1)) == 156 + 2416 + 48120 + 10164 + 850 == 61706
 
 
 def test_lenet_learns_fashion_mnist(tmp_path):
     data = d2l.FashionMNIST(batch_size=128, num_train=128 * 50, num_val=1000)
-    trainer = d2l.Trainer(max_epochs=2, progress=False, steps_per_dispatch=10)
+    trainer = d2l.Trainer(max_epochs=2, progress=False)
     trainer.fit(lenet.LeNet(lr=0.003, optimizer="adam"), data)  # the chapter's recipe, 100 steps
     assert trainer.num_val_examples == 1000
     assert trainer.history[-1]["val_acc"] > 0.5  # chance is 0.10
