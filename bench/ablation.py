@@ -3,8 +3,8 @@
     python -m bench.ablation [chapter flags ...]     e.g. --width 16 --epochs 4 --num-train 10000
 
 Each row is a fresh `python -m chapters.modern_recipe` process (so its time counts the
-start, the imports and the compiling, as the record does) with the flags given here plus
-the row's; the table gives its held-out validation accuracy, its test accuracy and its wall
+start, the imports and the compiling, as the record does) with the row's flags, then those
+given here; the table gives its held-out validation accuracy, its test accuracy and its wall
 time, as Markdown on stdout and as JSON under runs/bench/. One seed a row.
 """
 
@@ -15,42 +15,33 @@ import sys
 import time
 from pathlib import Path
 
-BOOK = ["--optimizer", "sgd", "--lr", "0.1", "--batch-size", "128", "--crop-padding", "0", "--no-flip"]
-BOOK += ["--erase", "0", "--schedule", "none", "--label-smoothing", "0", "--weight-decay", "0"]
-BOOK += ["--ema", "0", "--no-tta-flip"]
+# The chapter's settings for the book's recipe: a flag and its value (True and False: --flag, --no-flag).
+BOOK = {"--optimizer": "sgd", "--lr": 0.1, "--batch-size": 128, "--crop-padding": 0, "--flip": False}
+BOOK |= {"--erase": 0, "--schedule": "none", "--label-smoothing": 0, "--weight-decay": 0, "--ema": 0}
+BOOK |= {"--tta-flip": False}
 
-# Each row: (name, flags that replace the book's), cumulative.
+# Each row: (name, the settings it changes), cumulative.
 ROWS = [
-    ("the book's recipe (SGD lr 0.1, batch 128)", []),
-    (
-        "+ Nesterov momentum, batch 512, lr 0.2",
-        ["--optimizer", "nesterov", "--lr", "0.2", "--batch-size", "512"],
-    ),
-    ("+ warmup and cosine schedule", ["--schedule", "cosine", "--warmup-epochs", "1"]),
-    ("+ weight decay 5e-4 (kernels)", ["--weight-decay", "5e-4"]),
-    ("+ label smoothing 0.1", ["--label-smoothing", "0.1"]),
-    ("+ crops (2 px) and flips", ["--crop-padding", "2", "--flip"]),
-    ("+ random erasing 0.5", ["--erase", "0.5"]),
-    ("+ weight average (EMA 0.99)", ["--ema", "0.99"]),
-    ("+ flip TTA (the chapter's recipe)", ["--tta-flip"]),
+    ("the book's recipe (SGD lr 0.1, batch 128)", {}),
+    ("+ Nesterov momentum, batch 512, lr 0.2", {"--optimizer": "nesterov", "--lr": 0.2, "--batch-size": 512}),
+    ("+ warmup and cosine schedule", {"--schedule": "cosine", "--warmup-epochs": 1}),
+    ("+ weight decay 5e-4 (kernels)", {"--weight-decay": 5e-4}),
+    ("+ label smoothing 0.1", {"--label-smoothing": 0.1}),
+    ("+ crops (2 px) and flips", {"--crop-padding": 2, "--flip": True}),
+    ("+ random erasing 0.5", {"--erase": 0.5}),
+    ("+ weight average (EMA 0.99)", {"--ema": 0.99}),
+    ("+ flip TTA (the chapter's recipe)", {"--tta-flip": True}),
 ]
 
 
-def merged(flags, changes):
-    """`flags` with each flag of `changes` replacing the same flag's value (or its --no- form)."""
-    flags = list(flags)
-    i = 0
-    while i < len(changes):
-        flag = changes[i]
-        has_value = i + 1 < len(changes) and not changes[i + 1].startswith("--")
-        opposite = "--no-" + flag[2:] if not flag.startswith("--no-") else "--" + flag[5:]
-        for name in (flag, opposite):
-            if name in flags:
-                at = flags.index(name)
-                takes = at + 1 < len(flags) and not flags[at + 1].startswith("--")
-                del flags[at : at + 1 + takes]
-        flags += changes[i : i + 1 + has_value]
-        i += 1 + has_value
+def command_line(settings):
+    """The flags for `settings`; booleans as --flag or --no-flag."""
+    flags = []
+    for flag, value in settings.items():
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        else:
+            flags += [flag, str(value)]
     return flags
 
 
@@ -68,11 +59,12 @@ def run(flags):
 
 
 def main(extra):
-    flags, rows = BOOK, []
+    settings, rows = dict(BOOK), []
     print("| recipe | held-out val acc | test acc | wall s |\n| --- | --- | --- | --- |", flush=True)
     for name, changes in ROWS:
-        flags = merged(flags, changes)
-        result = {"recipe": name, "flags": merged(flags, extra), **run(merged(flags, extra))}
+        settings |= changes
+        flags = command_line(settings) + extra  # the flags given last win
+        result = {"recipe": name, "flags": flags, **run(flags)}
         rows.append(result)
         print(
             f"| {name} | {result['val_acc']:.4f} | {result['test_acc']:.4f} | {result['wall_s']:.0f} |",

@@ -49,25 +49,20 @@ class Recipe:
     tta_flip: bool = False
 
     def __post_init__(self):
-        checks = {
-            "crop_padding": isinstance(self.crop_padding, int) and self.crop_padding >= 0,
-            "erase": 0 <= self.erase <= 1,
-            "warmup_epochs": self.warmup_epochs >= 0,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
-            "weight_decay": self.weight_decay >= 0,
-            "ema": self.ema is None or 0 < self.ema < 1,
+        rules = {  # field: (whether its value is valid, what a valid value is)
+            "crop_padding": (
+                isinstance(self.crop_padding, int) and self.crop_padding >= 0,
+                "an integer >= 0",
+            ),
+            "erase": (0 <= self.erase <= 1, "a probability in [0, 1]"),
+            "warmup_epochs": (self.warmup_epochs >= 0, ">= 0"),
+            "label_smoothing": (0 <= self.label_smoothing < 1, "in [0, 1)"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "ema": (self.ema is None or 0 < self.ema < 1, "a decay in (0, 1), or None"),
         }
-        ranges = {
-            "crop_padding": "an integer >= 0",
-            "erase": "a probability in [0, 1]",
-            "warmup_epochs": ">= 0",
-            "label_smoothing": "in [0, 1)",
-            "weight_decay": ">= 0",
-            "ema": "a decay in (0, 1), or None",
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise D2LiteError(f"{name} must be {ranges[name]}, got {getattr(self, name)!r}")
+        for name, (valid, expected) in rules.items():
+            if not valid:
+                raise D2LiteError(f"{name} must be {expected}, got {getattr(self, name)!r}")
         if self.schedule not in (None, *SCHEDULES):
             raise D2LiteError(
                 f"schedule must be one of {', '.join(SCHEDULES)} or None, got {self.schedule!r}"
@@ -81,19 +76,18 @@ class Recipe:
 
     def describe(self):
         """The ingredients in use, e.g. 'crop 2, flip, cosine (warmup 1 epoch)'; 'the book's' for none."""
-        parts = []
-        if self.crop_padding:
-            parts.append(f"crop {self.crop_padding}")
-        parts += ["flip"] * self.flip + [f"erase {self.erase:g}"] * bool(self.erase)
-        if self.schedule:
-            epochs = "epoch" if self.warmup_epochs == 1 else "epochs"
-            warmup = f" (warmup {self.warmup_epochs:g} {epochs})" if self.warmup_epochs else ""
-            parts.append(self.schedule + warmup)
-        parts += [f"label smoothing {self.label_smoothing:g}"] * bool(self.label_smoothing)
-        parts += [f"weight decay {self.weight_decay:g}"] * bool(self.weight_decay)
-        parts += [f"EMA {self.ema:g}"] if self.ema else []
-        parts += ["flip TTA"] * self.tta_flip
-        return ", ".join(parts) or "the book's"
+        warmup = f" (warmup {self.warmup_epochs:g} epoch{'s' * (self.warmup_epochs != 1)})"
+        parts = [
+            (self.crop_padding, f"crop {self.crop_padding}"),
+            (self.flip, "flip"),
+            (self.erase, f"erase {self.erase:g}"),
+            (self.schedule, f"{self.schedule}{warmup * bool(self.warmup_epochs)}"),
+            (self.label_smoothing, f"label smoothing {self.label_smoothing:g}"),
+            (self.weight_decay, f"weight decay {self.weight_decay:g}"),
+            (self.ema, f"EMA {self.ema}"),
+            (self.tta_flip, "flip TTA"),
+        ]
+        return ", ".join(text for used, text in parts if used) or "the book's"
 
     # ------------------------------------------------------------------ the training step
     def augment(self, key, images):

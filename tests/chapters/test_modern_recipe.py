@@ -3,7 +3,7 @@
 from chapter_helpers import param_count
 from conftest import run_chapter
 
-from bench.ablation import BOOK, ROWS, merged
+from bench.ablation import BOOK, ROWS, command_line
 from chapters import modern_recipe
 from d2lite.recipe import Recipe
 
@@ -50,10 +50,12 @@ def test_quick_run_validates_on_held_out_images_and_tests_once(tmp_path, capsys)
 
 
 def test_the_ablation_adds_one_ingredient_a_row_to_the_books_recipe():
-    flags = merged(BOOK, [])
+    flags = command_line(BOOK)
     assert flags[flags.index("--optimizer") + 1] == "sgd" and "--no-flip" in flags
+    settings = dict(BOOK)
     for _, changes in ROWS:
-        flags = merged(flags, changes)
+        settings |= changes
+    flags = command_line(settings)
     assert "--no-flip" not in flags and "--flip" in flags and "--tta-flip" in flags
     assert flags[flags.index("--erase") + 1] == "0.5" and flags.count("--erase") == 1
     assert flags[flags.index("--optimizer") + 1] == "nesterov"
