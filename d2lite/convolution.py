@@ -1,11 +1,15 @@
 """Convolutions as XLA's CPU backend runs them fast, for every Flax `nn.Conv` the Trainer traces.
 
-XLA:CPU computes two parts of a convolution's training step far slower than PyTorch does:
+XLA:CPU computes parts of a convolution's training step far slower than PyTorch does:
 - the gradient of the kernel (measured for a 3x3 64->64 convolution at batch 128, 24x24:
   1.3-1.5 s, against 95 ms for the forward pass); as nine matrix products, one per kernel
   offset, of the shifted inputs with the output gradient, it takes 0.26 s, which halves a
-  ResNet-18 step. With fewer than 32 input channels (LeNet, a stem on gray images) XLA's
-  own is as fast or faster, and stays;
+  ResNet-18 step. Below 32 input channels the products win only where a layer widens
+  (LeNet's 6->16: 10.7 ms against 13.0 for the whole backward pass; 16->32 at 56x56: 110
+  against 164) and lose where it does not (16->16: 56 against 39), so only there;
+- the first layer on gray images, with one input channel: its forward pass as one
+  multiply-add of a shifted view of the image per kernel offset (LeNet's 5x5 1->6: 1.5 ms
+  against 10.5; a 3x3 1->64 at 224x224: 231 against 406), with XLA's own gradients;
 - grouped convolutions and their gradients, 7 to 50 times slower than dense ones of the same
   shapes; as a dense convolution with a block-diagonal kernel (the weights of group g connect
   only input group g to output group g, the zeros get no gradient) they run at dense speed.
@@ -23,7 +27,8 @@ import jax.numpy as jnp
 from jax import lax
 
 NHWC = ("NHWC", "HWIO", "NHWC")  # Flax's layout for images
-MATMUL_MIN_CHANNELS = 32  # input channels from which the kernel gradient is faster as products
+# Input channels from which the kernel gradient is faster as products (below: if the layer widens).
+MATMUL_MIN_CHANNELS = 32
 
 
 def conv_general_dilated(
@@ -55,11 +60,15 @@ def conv_general_dilated(
         return plain(lhs, rhs, feature_group_count=feature_group_count)
     if feature_group_count > 1:
         rhs = block_diagonal(rhs, feature_group_count)
-    if rhs.shape[2] < MATMUL_MIN_CHANNELS:
-        return plain(lhs, rhs, feature_group_count=1)
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-    return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding))
+    strides, pads = tuple(window_strides), tuple(tuple(p) for p in padding)
+    if rhs.shape[2] == 1 and min(sum(pads, ())) >= 0:  # a first layer on gray images
+        return _one_channel_conv(lhs, rhs, strides, pads)
+    channels_in, channels_out = rhs.shape[2:]
+    if channels_in < MATMUL_MIN_CHANNELS and channels_out <= channels_in:
+        return plain(lhs, rhs, feature_group_count=1)
+    return _conv(lhs, rhs, strides, pads)
 
 
 def block_diagonal(rhs, groups):
@@ -101,6 +110,37 @@ def _conv_backward(strides, pads, saved, grad):
 
 
 _conv.defvjp(_conv_forward, _conv_backward)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _one_channel_conv(x, kernel, strides, pads):
+    # One multiply-add of a shifted, strided view of the image per kernel offset, in float32
+    # as XLA accumulates its convolutions.
+    height, width, _, _ = kernel.shape
+    padded = jnp.pad(x, ((0, 0), *pads, (0, 0))).astype(jnp.float32)
+    rows = (padded.shape[1] - height) // strides[0] * strides[0] + 1
+    cols = (padded.shape[2] - width) // strides[1] * strides[1] + 1
+    terms = (
+        padded[:, i : i + rows : strides[0], j : j + cols : strides[1]] * kernel[i, j].astype(jnp.float32)
+        for i in range(height)
+        for j in range(width)
+    )
+    return sum(terms).astype(x.dtype)
+
+
+def _one_channel_forward(x, kernel, strides, pads):
+    return _one_channel_conv(x, kernel, strides, pads), (x, kernel)
+
+
+def _one_channel_backward(strides, pads, saved, grad):
+    # XLA's own gradients: autodiff through the sum above runs slower than they do.
+    _, vjp = jax.vjp(
+        lambda x, k: lax.conv_general_dilated(x, k, strides, pads, dimension_numbers=NHWC), *saved
+    )
+    return vjp(grad)
+
+
+_one_channel_conv.defvjp(_one_channel_forward, _one_channel_backward)
 
 
 @contextlib.contextmanager

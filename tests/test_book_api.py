@@ -203,11 +203,15 @@ def test_resnext_block_shapes_with_and_without_stride_and_projection():
         ((1, 1, 32, 12), (2, 2), "SAME", 1),  # a shortcut's 1x1 convolution
         ((5, 5, 32, 6), (3, 2), ((2, 1), (0, 3)), 1),  # explicit, uneven padding, uneven strides
         ((3, 3, 8, 12), (2, 2), "SAME", 4),  # grouped (ResNeXt's), 32 channels once dense
+        ((5, 5, 6, 16), (1, 1), "VALID", 1),  # LeNet's second: few channels, widening
+        ((5, 5, 1, 6), (1, 1), "SAME", 1),  # LeNet's first, on gray images
+        ((4, 3, 1, 5), (3, 2), ((2, 0), (1, 2)), 1),  # one channel, uneven everything
     ],
 )
 def test_cpu_convolutions_give_xla_convolutions_outputs_and_gradients(kernel, strides, padding, groups):
-    """The stand-ins (kernel gradients as matrix products, grouped convolutions as dense ones)
-    compute what XLA's convolutions compute; the groups are real groups."""
+    """The stand-ins (kernel gradients as matrix products, one-channel convolutions as shifted
+    multiply-adds, grouped convolutions as dense ones) compute what XLA's convolutions compute;
+    the groups are real groups."""
     from d2lite.convolution import conv_general_dilated
 
     rng = np.random.default_rng(0)  # drawn by NumPy: no RNG program to compile
@@ -224,6 +228,7 @@ def test_cpu_convolutions_give_xla_convolutions_outputs_and_gradients(kernel, st
     (ours_dlhs, ours_drhs), ours = jax.jit(lambda x, k: grad(conv_general_dilated, x, k))(lhs, rhs)
     (xla_dlhs, xla_drhs), xla = jax.jit(lambda x, k: grad(jax.lax.conv_general_dilated, x, k))(lhs, rhs)
     assert ours.shape == xla.shape
+    assert "custom_vjp" in str(jax.make_jaxpr(lambda x, k: grad(conv_general_dilated, x, k))(lhs, rhs))
     for a, b in ((ours, xla), (ours_dlhs, xla_dlhs), (ours_drhs, xla_drhs)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
     if groups > 1:  # a dense convolution of the same shapes would differ
