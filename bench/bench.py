@@ -12,8 +12,10 @@ Each (model, method) runs in its own process, so each peak memory is its own. Me
 - book:    the loop of the book's JAX Trainer: jit around the loss and gradients only, the
            optimizer update and BatchNorm bookkeeping outside jit, batches resized on the
            host, and a host sync per step for plotting.
-- torch:   a PyTorch eager loop with the same architecture, on the CPU, with whichever
-           torch is installed (`make bench` installs one where it can).
+- torch:   a PyTorch eager loop with the same architecture, with whichever torch is
+           installed (`make bench` installs one where it can), on the device JAX uses: a
+           GPU when torch sees one, else the CPU. On a GPU also `torch-bf16` (bfloat16
+           autocast, channels_last) and `torch-compile` (the model through torch.compile).
 Times are medians over steps after warm-up; ratios compare methods measured in this run.
 The table is also written as JSON (`--json PATH`, default runs/bench/<date>-<time>.json).
 The persistent compilation cache is off here, so compile times are real compilations.
@@ -32,6 +34,7 @@ from pathlib import Path
 
 BATCH = 128
 MODELS = {"lenet": 28, "resnet18": 96}
+JAX_METHODS = ("pure", "d2lite", "bf16", "book")
 
 
 # ------------------------------------------------------------------------------ models
@@ -191,38 +194,68 @@ def run_book(name, size, steps):
     }
 
 
-def run_torch(name, size, steps):
+TORCH_VARIANTS = {"torch": "eager", "torch-bf16": "bf16", "torch-compile": "compile"}
+
+
+def torch_methods():
+    """The PyTorch rows: eager on a CPU; on a GPU also bf16 autocast and torch.compile."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    return list(TORCH_VARIANTS) if torch.cuda.is_available() else ["torch"]
+
+
+def run_torch(name, size, steps, variant="eager"):
+    """A PyTorch loop on the device d2lite's JAX uses: a GPU if torch sees one, else the CPU.
+
+    `eager` at PyTorch's defaults (float32; TF32 convolutions on a GPU); `bf16` under
+    bfloat16 autocast with channels_last tensors; `compile` the eager loop's model through
+    `torch.compile`. The images travel to the device once, as uint8, as d2lite's do.
+    """
     import numpy as np
     import torch
     from torch import nn
 
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    model = torch_model(name, nn)
+    model = torch_model(name, nn).to(device)
+    layout = torch.channels_last if variant == "bf16" else torch.contiguous_format
+    model = model.to(memory_format=layout)
     optimizer = (
         torch.optim.Adam(model.parameters(), lr=0.003)
         if name == "lenet"
         else torch.optim.SGD(model.parameters(), lr=0.01)
     )
+    forward = torch.compile(model) if variant == "compile" else model
     loss_fn = nn.CrossEntropyLoss()
+    batches = [
+        (torch.from_numpy(images).to(device), torch.from_numpy(labels.astype(np.int64)).to(device))
+        for images, labels in host_batches(size, steps + 2)
+    ]
     times = []
-    for i, (images, labels) in enumerate(host_batches(size, steps + 2)):
+    for images, labels in batches:
         start = time.perf_counter()
-        X = torch.from_numpy(images.astype(np.float32)[:, None] / 255.0)
+        X = images[:, None].float() / 255.0
         if size != 28:
             X = nn.functional.interpolate(X, size=(size, size), mode="bilinear")
-        loss = loss_fn(model(X), torch.from_numpy(labels).long())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant == "bf16"):
+            loss = loss_fn(forward(X.contiguous(memory_format=layout)), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        loss.item()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
+        loss.item()  # the host reads every loss, as the book's loop plots it
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times[2:])
     return {
-        "step_s": statistics.median(times),
-        "compile_s": 0.0,
-        "compiles": 0,
+        "step_s": step_s,
+        # What the first two steps took beyond two steady ones: torch.compile's compilation,
+        # cuDNN's first calls.
+        "compile_s": max(0.0, sum(times[:2]) - 2 * step_s),
+        "compiles": 1 if variant == "compile" else 0,
         "steady_compiles": 0,
         "threads": torch.get_num_threads(),
+        "device": str(device),
     }
 
 
@@ -279,7 +312,7 @@ def child(args):
     elif method == "book":
         result = run_book(args.models[0], size, args.steps)
     else:
-        result = run_torch(args.models[0], size, args.steps)
+        result = run_torch(args.models[0], size, args.steps, TORCH_VARIANTS[method])
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
@@ -319,14 +352,6 @@ def machine():
     )
 
 
-def torch_available():
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["lenet", "resnet18"])
@@ -348,6 +373,12 @@ def main(argv=None):
         default=None,
         help="also write the results there (default: runs/bench/<date>-<time>.json)",
     )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=[*JAX_METHODS, *TORCH_VARIANTS],
+        help="the rows to measure (default: the JAX ones and the PyTorch ones for this device)",
+    )
     parser.add_argument("--child", dest="method", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.method:
@@ -355,11 +386,11 @@ def main(argv=None):
 
     print(machine())
     report = {"machine": machine(), "batch_size": BATCH, "results": {}}
-    methods = ["pure", "d2lite", "bf16", "book"] + (["torch"] if torch_available() else [])
-    if "torch" not in methods:
+    methods = args.methods or [*JAX_METHODS, *torch_methods()]
+    if not args.methods and "torch" not in methods:
         print("(PyTorch is not installed here: `pip install torch` adds the torch rows)")
     header = (
-        f"{'model':9} {'method':7} {'step ms':>9} {'ex/s':>8} {'d2lite/x':>9} "
+        f"{'model':9} {'method':13} {'step ms':>9} {'ex/s':>8} {'d2lite/x':>9} "
         f"{'compile s':>9} {'compiles':>8} {'after ep1':>9} {'peak MB':>8}"
     )
     print(header)
@@ -368,18 +399,18 @@ def main(argv=None):
         per_dispatch = args.steps_per_dispatch or (20 if model == "lenet" else 1)
         results = {m: measure(model, m, steps, per_dispatch) for m in methods}
         report["results"][model] = {"image_size": MODELS[model], "steps": steps, **results}
-        ours = results["d2lite"].get("step_s")
+        ours = results.get("d2lite", {}).get("step_s")
         for method, r in results.items():
             if "error" in r:
-                print(f"{model:9} {method:7} failed: {r['error']}")
+                print(f"{model:9} {method:13} failed: {r['error']}")
                 continue
             ratio = ours / r["step_s"] if ours else float("nan")
             print(
-                f"{model:9} {method:7} {1000 * r['step_s']:9.1f} {BATCH / r['step_s']:8.0f} "
+                f"{model:9} {method:13} {1000 * r['step_s']:9.1f} {BATCH / r['step_s']:8.0f} "
                 f"{1 / ratio:9.2f} {r['compile_s']:9.1f} {r['compiles']:8d} "
                 f"{r['steady_compiles']:9d} {r['peak_rss_mb']:8.0f}"
             )
-        if ours and "step_s" in results["pure"]:
+        if ours and "step_s" in results.get("pure", {}):
             overhead = ours / results["pure"]["step_s"]
             print(f"{model:9} framework overhead (d2lite fit step / pure step): {overhead:.3f}")
     print("d2lite/x: d2lite's examples/s divided by that method's (above 1: d2lite is faster)")
