@@ -6,7 +6,7 @@
 Each (model, method) runs in its own process, so each peak memory is its own. Methods:
 - pure:    one jitted step (forward, backward, optax update, BatchNorm stats) on a batch
            already on the device, with XLA's own convolutions: no framework (on a CPU
-           d2lite's convolution stand-ins make d2lite faster than this, convolution.py).
+           d2lite's convolution and pool stand-ins make d2lite faster than this, cpu_kernels.py).
 - d2lite:  `Trainer.fit` for a fixed number of steps (the epoch after the compiling one).
 - bf16:    the same with `Trainer(precision="bfloat16")`: bfloat16 compute, float32 state.
 - book:    the loop of the book's JAX Trainer: jit around the loss and gradients only, the

@@ -36,7 +36,7 @@ from chapters.resnet import ResNet
 # The block is the book's `d2l.ResNeXtBlock`, saved in d2lite. As in the book's code, its
 # `groups` argument is the width of each group, so `ResNeXt.block` passes
 # `bot_channels // groups` to get `groups` groups. On a CPU the Trainer runs its grouped 3x3
-# convolution as a dense block-diagonal one (`d2lite/convolution.py`): XLA's CPU backend runs
+# convolution as a dense block-diagonal one (`d2lite/cpu_kernels.py`): XLA's CPU backend runs
 # grouped convolutions 7 to 50 times slower, and this network's step would take 17 s at batch
 # 32 instead of 1.1 s. Departures from the book's JAX code: the shortcut gets its 1x1 convolution
 # and BatchNorm whenever the block's stride or channel count changes the shape, not only when

@@ -43,7 +43,7 @@ from jax import lax
 
 from . import book
 from .board import ProgressLine
-from .convolution import cpu_convolutions
+from .cpu_kernels import cpu_kernels
 from .errors import D2LiteError
 from .hparams import HyperParameters
 from .module import Classifier, for_evaluation, input_error, recording_plots
@@ -390,8 +390,8 @@ class Trainer(HyperParameters):
                 self.run.start_or_restore()
             self.loss_levels = [record["train_loss"] for record in self.history]  # see `divergence`
             self._session_started = time.perf_counter()
-            # On a CPU, Flax's convolutions trace as XLA:CPU runs them fast (convolution.py).
-            with self._stop_on_signals(), cpu_convolutions(self.unroll_chunks):
+            # On a CPU, Flax's convolutions and max pools trace as XLA:CPU runs them fast (cpu_kernels.py).
+            with self._stop_on_signals(), cpu_kernels(self.unroll_chunks):
                 for epoch in range(self.epoch, self.max_epochs):
                     self.epoch = epoch
                     self.fit_epoch()
@@ -622,7 +622,7 @@ class Trainer(HyperParameters):
         if data is not None and data is not self.data:
             self.prepare_data(data)
             self._compile_programs()
-        with cpu_convolutions(self.unroll_chunks):
+        with cpu_kernels(self.unroll_chunks):
             return self._evaluate()
 
     def _evaluate(self):

@@ -208,11 +208,11 @@ def test_resnext_block_shapes_with_and_without_stride_and_projection():
         ((4, 3, 1, 5), (3, 2), ((2, 0), (1, 2)), 1),  # one channel, uneven everything
     ],
 )
-def test_cpu_convolutions_give_xla_convolutions_outputs_and_gradients(kernel, strides, padding, groups):
+def test_cpu_kernels_give_xla_convolutions_outputs_and_gradients(kernel, strides, padding, groups):
     """The stand-ins (kernel gradients as matrix products, one-channel convolutions as shifted
     multiply-adds, grouped convolutions as dense ones) compute what XLA's convolutions compute;
     the groups are real groups."""
-    from d2lite.convolution import conv_general_dilated
+    from d2lite.cpu_kernels import conv_general_dilated
 
     rng = np.random.default_rng(0)  # drawn by NumPy: no RNG program to compile
     lhs = jnp.asarray(rng.normal(size=(2, 9, 9, kernel[2] * groups)), jnp.float32)
@@ -239,10 +239,43 @@ def test_cpu_convolutions_give_xla_convolutions_outputs_and_gradients(kernel, st
         assert not np.allclose(dense, xla, atol=1e-3)
 
 
-def test_flax_convolutions_trace_the_stand_ins_only_inside_cpu_convolutions():
+@pytest.mark.parametrize(
+    "window, strides, padding",
+    [
+        ((3, 3), (1, 1), "SAME"),  # GoogLeNet's Inception branch
+        ((3, 3), (2, 2), "SAME"),  # ResNet's stem, padded on one side only
+        ((3, 3), (2, 2), "VALID"),  # AlexNet's
+        ((2, 3), (2, 1), ((1, 0), (0, 2))),  # uneven window, strides and padding
+    ],
+)
+def test_cpu_max_pools_give_xla_max_pools_outputs_and_gradients(window, strides, padding):
+    """The max pool stand-in computes XLA's values and sends each window's gradient to its
+    first maximum, as XLA does, also where ReLU zeros tie; it replaces XLA's pool inside
+    `cpu_kernels()`."""
+    from d2lite.cpu_kernels import cpu_kernels
+
+    rng = np.random.default_rng(0)
+    X = jnp.asarray(np.maximum(rng.normal(size=(2, 9, 8, 3)), 0).round(1), jnp.float32)  # many ties
+    weights = jnp.asarray(rng.normal(size=nn.max_pool(X, window, strides, padding).shape), jnp.float32)
+
+    def pool_and_grad():  # new functions each time: jit caches its traces by function
+        pool = lambda X: nn.max_pool(X, window, strides, padding)  # noqa: E731
+        grad = jax.grad(lambda X: (pool(X) * weights).sum())
+        return jax.jit(pool)(X), jax.jit(grad)(X), str(jax.make_jaxpr(grad)(X))
+
+    xla = pool_and_grad()
+    with cpu_kernels():
+        ours = pool_and_grad()
+    assert "select_and_scatter_add" in xla[2] and "select_and_scatter" not in ours[2]
+    np.testing.assert_array_equal(ours[0], xla[0])
+    np.testing.assert_allclose(ours[1], xla[1], atol=1e-6)
+    assert np.count_nonzero(ours[1]) == np.count_nonzero(xla[1])  # the same winners
+
+
+def test_flax_convolutions_trace_the_stand_ins_only_inside_cpu_kernels():
     from flax.linen import linear
 
-    from d2lite.convolution import cpu_convolutions
+    from d2lite.cpu_kernels import cpu_kernels
 
     conv = nn.Conv(4, (3, 3))
     x = jnp.ones((1, 6, 6, 32))
@@ -253,13 +286,13 @@ def test_flax_convolutions_trace_the_stand_ins_only_inside_cpu_convolutions():
 
     assert "custom_vjp" not in jaxpr()
     original = linear.lax
-    with cpu_convolutions():
+    with cpu_kernels():
         assert "custom_vjp" in jaxpr()
-        with cpu_convolutions():  # nested: still on, and left on
+        with cpu_kernels():  # nested: still on, and left on
             pass
         assert "custom_vjp" in jaxpr()
     assert linear.lax is original and "custom_vjp" not in jaxpr()
-    with cpu_convolutions(enabled=False):
+    with cpu_kernels(enabled=False):
         assert "custom_vjp" not in jaxpr()
 
 
