@@ -102,15 +102,9 @@ def _conv_backward(strides, pads, saved, grad):
     )
     # The kernel's gradient at offset (i, j) is the product of the inputs that offset reads
     # (the padded input shifted by (i, j), every stride-th pixel) with the output gradient.
-    height, width, channels, _ = kernel.shape
-    padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-    rows, cols = grad.shape[1] * strides[0], grad.shape[2] * strides[1]
+    views = offset_views(jnp.pad(x, ((0, 0), *pads, (0, 0))), kernel.shape[:2], strides)
     flat_grad = grad.reshape(-1, grad.shape[-1]).astype(x.dtype)
-    products = [
-        padded[:, i : i + rows : strides[0], j : j + cols : strides[1]].reshape(-1, channels).T @ flat_grad
-        for i in range(height)
-        for j in range(width)
-    ]
+    products = [view.reshape(-1, kernel.shape[2]).T @ flat_grad for view in views]
     kernel_grad = jnp.stack(products).reshape(kernel.shape).astype(kernel.dtype)
     return input_grad(grad)[0], kernel_grad
 
@@ -122,16 +116,9 @@ _conv.defvjp(_conv_forward, _conv_backward)
 def _one_channel_conv(x, kernel, strides, pads):
     # One multiply-add of a shifted, strided view of the image per kernel offset, in float32
     # as XLA accumulates its convolutions.
-    height, width, _, _ = kernel.shape
-    padded = jnp.pad(x, ((0, 0), *pads, (0, 0))).astype(jnp.float32)
-    rows = (padded.shape[1] - height) // strides[0] * strides[0] + 1
-    cols = (padded.shape[2] - width) // strides[1] * strides[1] + 1
-    terms = (
-        padded[:, i : i + rows : strides[0], j : j + cols : strides[1]] * kernel[i, j].astype(jnp.float32)
-        for i in range(height)
-        for j in range(width)
-    )
-    return sum(terms).astype(x.dtype)
+    views = offset_views(jnp.pad(x, ((0, 0), *pads, (0, 0))).astype(jnp.float32), kernel.shape[:2], strides)
+    weights = kernel.reshape(len(views), -1).astype(jnp.float32)  # (offsets, output channels)
+    return sum(view * weight for view, weight in zip(views, weights, strict=True)).astype(x.dtype)
 
 
 def _one_channel_forward(x, kernel, strides, pads):
@@ -173,18 +160,22 @@ def reduce_window(operand, init_value, computation, window_dimensions, window_st
     return max_pool(operand, window, strides, tuple(tuple(p) for p in pads[1:3]))
 
 
-def _window_maxima(x, window, strides, pads):
-    """The maximum of each window and which offset (row-major) holds it, the first on ties."""
-    padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+def offset_views(padded, window, strides):
+    """The strided view of the padded images (NHWC) that each window offset reads, row-major:
+    view k = (i, j) holds, at output pixel (y, x), pixel (i + y * stride, j + x * stride)."""
     rows = (padded.shape[1] - window[0]) // strides[0] * strides[0] + 1
     cols = (padded.shape[2] - window[1]) // strides[1] * strides[1] + 1
-    best = which = None
-    for k, (i, j) in enumerate((i, j) for i in range(window[0]) for j in range(window[1])):
-        view = padded[:, i : i + rows : strides[0], j : j + cols : strides[1]]
-        if best is None:
-            best, which = view, jnp.zeros(view.shape, jnp.int8)
-            continue
-        wins = view > best  # strictly: an earlier offset keeps a tie
+    offsets = [(i, j) for i in range(window[0]) for j in range(window[1])]
+    return [padded[:, i : i + rows : strides[0], j : j + cols : strides[1]] for i, j in offsets]
+
+
+def _window_maxima(x, window, strides, pads):
+    """The maximum of each window and which offset holds it: the first on ties, a NaN if any
+    (as XLA's max pool)."""
+    views = offset_views(jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf), window, strides)
+    best, which = views[0], jnp.zeros(views[0].shape, jnp.int8)
+    for k, view in enumerate(views[1:], start=1):
+        wins = (view > best) | jnp.isnan(view)  # strictly greater: an earlier offset keeps a tie
         best, which = jnp.where(wins, view, best), jnp.where(wins, jnp.int8(k), which)
     return best, which
 

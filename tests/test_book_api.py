@@ -270,6 +270,10 @@ def test_cpu_max_pools_give_xla_max_pools_outputs_and_gradients(window, strides,
     np.testing.assert_array_equal(ours[0], xla[0])
     np.testing.assert_allclose(ours[1], xla[1], atol=1e-6)
     assert np.count_nonzero(ours[1]) == np.count_nonzero(xla[1])  # the same winners
+    X = X.at[1, 4, 5, 2].set(np.nan)  # a NaN wins its windows, as in XLA's max
+    with cpu_kernels():
+        ours = nn.max_pool(X, window, strides, padding)
+    np.testing.assert_array_equal(ours, nn.max_pool(X, window, strides, padding))
 
 
 def test_flax_convolutions_trace_the_stand_ins_only_inside_cpu_kernels():
