@@ -194,6 +194,9 @@ class Trainer(HyperParameters):
         self.parallel = DataParallel(self.devices)
         self.parallel.check_batch_size(batch_size)
         self.unroll_chunks = self.parallel.devices[0].platform == "cpu"
+        # The CPU stand-ins (cpu_kernels.py) cost compile time that a smoke run's few steps
+        # never repay (GoogLeNet's: 49 s with XLA's own kernels, 60 s with them).
+        self.use_cpu_kernels = self.unroll_chunks and not fast_dev_run()
         # The last partial batch is dropped.
         self.num_train_batches = min(
             self.num_train_examples // batch_size, self.limit_train_batches or math.inf
@@ -391,7 +394,7 @@ class Trainer(HyperParameters):
             self.loss_levels = [record["train_loss"] for record in self.history]  # see `divergence`
             self._session_started = time.perf_counter()
             # On a CPU, Flax's convolutions and max pools trace as XLA:CPU runs them fast (cpu_kernels.py).
-            with self._stop_on_signals(), cpu_kernels(self.unroll_chunks):
+            with self._stop_on_signals(), cpu_kernels(self.use_cpu_kernels):
                 for epoch in range(self.epoch, self.max_epochs):
                     self.epoch = epoch
                     self.fit_epoch()
@@ -622,7 +625,7 @@ class Trainer(HyperParameters):
         if data is not None and data is not self.data:
             self.prepare_data(data)
             self._compile_programs()
-        with cpu_kernels(self.unroll_chunks):
+        with cpu_kernels(self.use_cpu_kernels):
             return self._evaluate()
 
     def _evaluate(self):

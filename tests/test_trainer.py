@@ -28,6 +28,19 @@ def test_steps_per_dispatch_auto_is_one_step_per_call_on_cpu(blobs, quiet_traine
     assert trainer.dispatch_steps == 1 and trainer.unroll_chunks
 
 
+def test_a_smoke_run_is_one_short_epoch_with_xla_own_kernels(blobs, quiet_trainer, monkeypatch):
+    """D2LITE_FAST_DEV_RUN=N: one epoch of N batches each way, without the CPU stand-ins,
+    whose compile time a few steps never repay; a normal run on a CPU uses them."""
+    trainer = quiet_trainer(max_epochs=1)
+    trainer.fit(TinyCNN(), blobs)
+    assert trainer.use_cpu_kernels
+    monkeypatch.setenv("D2LITE_FAST_DEV_RUN", "2")
+    trainer = quiet_trainer(max_epochs=3)
+    trainer.fit(TinyCNN(), blobs)
+    assert not trainer.use_cpu_kernels
+    assert len(trainer.history) == 1 and trainer.state.step == 2 and trainer.num_val_examples == 2 * 32
+
+
 @pytest.mark.parametrize("unroll", [True, False])  # unrolled on CPU, a loop on GPUs
 def test_steps_per_dispatch_gives_the_same_training(blobs, quiet_trainer, unroll):
     class Chunked(d2l.Trainer):
