@@ -86,9 +86,17 @@ def block_diagonal(rhs, groups):
     return full.reshape(*window, groups * group_in, out)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x, kernel, strides, pads):
+def _xla_conv(x, kernel, strides, pads):
     return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=NHWC)
+
+
+def _xla_gradients(strides, pads, saved, grad):
+    """XLA's own gradients of `_xla_conv` with respect to the input and the kernel (under jit,
+    XLA drops the one a caller leaves unused)."""
+    return jax.vjp(lambda x, kernel: _xla_conv(x, kernel, strides, pads), *saved)[1](grad)
+
+
+_conv = jax.custom_vjp(_xla_conv, nondiff_argnums=(2, 3))
 
 
 def _conv_forward(x, kernel, strides, pads):
@@ -97,16 +105,13 @@ def _conv_forward(x, kernel, strides, pads):
 
 def _conv_backward(strides, pads, saved, grad):
     x, kernel = saved
-    _, input_grad = jax.vjp(
-        lambda x: lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=NHWC), x
-    )
     # The kernel's gradient at offset (i, j) is the product of the inputs that offset reads
     # (the padded input shifted by (i, j), every stride-th pixel) with the output gradient.
     views = offset_views(jnp.pad(x, ((0, 0), *pads, (0, 0))), kernel.shape[:2], strides)
     flat_grad = grad.reshape(-1, grad.shape[-1]).astype(x.dtype)
     products = [view.reshape(-1, kernel.shape[2]).T @ flat_grad for view in views]
     kernel_grad = jnp.stack(products).reshape(kernel.shape).astype(kernel.dtype)
-    return input_grad(grad)[0], kernel_grad
+    return _xla_gradients(strides, pads, saved, grad)[0], kernel_grad
 
 
 _conv.defvjp(_conv_forward, _conv_backward)
@@ -125,15 +130,8 @@ def _one_channel_forward(x, kernel, strides, pads):
     return _one_channel_conv(x, kernel, strides, pads), (x, kernel)
 
 
-def _one_channel_backward(strides, pads, saved, grad):
-    # XLA's own gradients: autodiff through the sum above runs slower than they do.
-    _, vjp = jax.vjp(
-        lambda x, k: lax.conv_general_dilated(x, k, strides, pads, dimension_numbers=NHWC), *saved
-    )
-    return vjp(grad)
-
-
-_one_channel_conv.defvjp(_one_channel_forward, _one_channel_backward)
+# Autodiff through the sum above runs slower than XLA's own gradients.
+_one_channel_conv.defvjp(_one_channel_forward, _xla_gradients)
 
 
 def reduce_window(operand, init_value, computation, window_dimensions, window_strides, padding, **kwargs):
