@@ -252,11 +252,18 @@ def run_torch(name, size, steps, variant="eager"):
         # What the first two steps took beyond two steady ones: torch.compile's compilation,
         # cuDNN's first calls.
         "compile_s": max(0.0, sum(times[:2]) - 2 * step_s),
-        "compiles": 1 if variant == "compile" else 0,
+        "compiles": dynamo_graphs(),
         "steady_compiles": 0,
         "threads": torch.get_num_threads(),
         "device": str(device),
     }
+
+
+def dynamo_graphs():
+    """How many graphs torch.compile compiled in this process (0 for eager loops)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 def torch_model(name, nn):
