@@ -151,7 +151,8 @@ def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
         "--steps-per-dispatch",
         type=steps_per_dispatch,
         default="auto",
-        help="training steps per jitted call (helps small models); auto: 1 on a CPU, up to 32 on GPUs",
+        help="training steps per jitted call (helps small models); auto: 1 on a CPU, and on GPUs up to 32 "
+        "for a light step (under 10 GFLOP, as LeNet's), 1 for a heavier one",
     )
     parser.add_argument(
         "--precision",

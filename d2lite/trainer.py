@@ -52,8 +52,10 @@ from .recipe import Recipe
 from .runs import RunDirectory
 from .sharding import DataParallel, to_host
 
-# Off CPU, where a small model's step takes less time than Python needs to dispatch it.
+# Off CPU, a step lighter than LIGHT_STEP_FLOPS runs up to AUTO_STEPS_PER_DISPATCH to a call
+# (see `Trainer.auto_dispatch_steps`).
 AUTO_STEPS_PER_DISPATCH = 32
+LIGHT_STEP_FLOPS = 10e9
 FAST_DEV_RUN = "D2LITE_FAST_DEV_RUN"
 
 
@@ -96,7 +98,8 @@ class Trainer(HyperParameters):
     BatchNorm statistics and the loss stay float32. `steps_per_dispatch` runs several steps
     per call, for small models that Python would otherwise slow down; "auto" means 1 on a
     CPU, where a step takes milliseconds or more and unrolled chunks only add compile time,
-    and up to 32 (one loop) on GPUs.
+    and on GPUs up to 32 (one loop) for a light step, 1 for a heavy one (see
+    `auto_dispatch_steps`).
     `limit_train_batches`/`limit_val_batches` shorten epochs for smoke runs. The environment
     variable D2LITE_FAST_DEV_RUN=N (as Lightning's `fast_dev_run`) makes every fit a smoke
     run without touching the code, a notebook's included: one epoch of at most N training
@@ -201,11 +204,7 @@ class Trainer(HyperParameters):
         self.num_train_batches = min(
             self.num_train_examples // batch_size, self.limit_train_batches or math.inf
         )
-        self.dispatch_steps = self.steps_per_dispatch
-        if self.dispatch_steps == "auto":
-            self.dispatch_steps = (
-                1 if self.unroll_chunks else min(AUTO_STEPS_PER_DISPATCH, self.num_train_batches)
-            )
+        self.dispatch_steps = self.steps_per_dispatch  # "auto": decided in fit, once the step is traced
         self.train_arrays = self.parallel.replicate(train)
 
         # Pad validation to whole batches once; the mask keeps the padding out of the means.
@@ -364,6 +363,27 @@ class Trainer(HyperParameters):
         self._eval_batch = jax.jit(eval_batch, donate_argnums=4)
         self._batch_sums = batch_sums
 
+    def auto_dispatch_steps(self):
+        """Training steps per call under `steps_per_dispatch="auto"`.
+
+        One on a CPU. Off it, several only for a light step, under LIGHT_STEP_FLOPS in its
+        products and convolutions (LeNet's: 0.3 GFLOP at batch 128), which a GPU runs in less
+        time than Python needs to dispatch it. A heavier step (RegNet's 31 GFLOP, ResNet-18's 203) keeps the
+        device busy one call at a time, so a loop of steps would only add compile time (on an
+        H200 GoogLeNet's first epoch took 25.9 s one step at a time, and none ended within
+        50 s in loops of 32). A light epoch is cut into equal chunks of at most 32 steps
+        where its length allows, so that one program runs them all: 468 batches make 18
+        chunks of 26, not 14 of 32 and one of 20, which would compile a second program.
+        """
+        if self.unroll_chunks:
+            return 1
+        order = self._epoch_order(self.shuffle_key, 0)
+        # Counted on the trace (which the first call reuses), not on a compiled program.
+        step = self._train_chunk.trace(self.state, self.train_arrays, order, 0, num_steps=1)
+        if matmul_flops(step.jaxpr) >= LIGHT_STEP_FLOPS:
+            return 1
+        return equal_chunks(self.num_train_batches)
+
     # -------------------------------------------------------------------------- training
     def fit(self, model, data, key=None):
         """Train `model` on `data` for `max_epochs`; the final TrainState is `self.state`."""
@@ -389,6 +409,8 @@ class Trainer(HyperParameters):
             self.state = self.init_state(init_key)
             self.shuffle_key = self.parallel.replicate(shuffle_key)
             self._compile_programs()
+            if self.steps_per_dispatch == "auto":
+                self.dispatch_steps = self.auto_dispatch_steps()
             if self.run is not None:
                 self.run.start_or_restore()
             self.loss_levels = [record["train_loss"] for record in self.history]  # see `divergence`
@@ -659,6 +681,42 @@ def divergence(levels):
         return None
     latest, lowest = levels[-1], min(levels[:-1])
     return (latest, lowest) if latest > LOSS_JUMP * lowest and latest > lowest + LOSS_MARGIN else None
+
+
+def equal_chunks(steps, most=AUTO_STEPS_PER_DISPATCH):
+    """Steps per chunk: the most, up to `most`, that cut `steps` into equal chunks, if that is
+    at least 8 (or all of them); else `most`, and a shorter last chunk."""
+    divisor = max(d for d in range(1, most + 1) if steps % d == 0)
+    return divisor if divisor >= 8 or divisor == steps else min(most, steps)
+
+
+def matmul_flops(jaxpr):
+    """Floating-point operations of the matrix products and convolutions in a jaxpr (2 per
+    multiply-add), inner jaxprs included: what decides a step's time on an accelerator.
+
+    Every tap of a kernel counts, over padding and over the zeros that strided convolutions'
+    gradients insert too, so this is an upper bound: for the chapters' steps 3-33% above XLA's
+    cost analysis, which a program offers before compiling only on some backends (not
+    through the PJRT plugins that run GPUs).
+    """
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)  # a ClosedJaxpr's
+    total = 0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name in ("dot_general", "conv_general_dilated"):
+            lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+            outputs = math.prod(eqn.outvars[0].aval.shape)
+            if name == "dot_general":
+                (contracting, _), _ = eqn.params["dimension_numbers"]
+                total += 2 * outputs * math.prod(lhs[d] for d in contracting)
+            else:  # each output sums the kernel's taps over its input features
+                total += 2 * outputs * math.prod(rhs) // rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
+        repeat = eqn.params.get("length", 1) if name == "scan" else 1
+        for value in eqn.params.values():
+            for inner in value if isinstance(value, list | tuple) else [value]:
+                if hasattr(inner, "eqns") or hasattr(getattr(inner, "jaxpr", None), "eqns"):
+                    total += repeat * matmul_flops(inner)
+    return total
 
 
 class _Limited:

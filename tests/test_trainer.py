@@ -41,6 +41,57 @@ def test_a_smoke_run_is_one_short_epoch_with_xla_own_kernels(blobs, quiet_traine
     assert len(trainer.history) == 1 and trainer.state.step == 2 and trainer.num_val_examples == 2 * 32
 
 
+def test_auto_dispatch_off_a_cpu_loops_light_steps_in_equal_chunks(quiet_trainer, monkeypatch):
+    class OffCPU(d2l.Trainer):
+        def prepare_data(self, data):
+            super().prepare_data(data)
+            self.unroll_chunks = False  # as on a GPU
+
+    trainer = OffCPU(max_epochs=1, progress=False, plot=False)
+    trainer.fit(TinyCNN(), Blobs(num_train=36 * 8, batch_size=8))
+    assert trainer.dispatch_steps == 18  # 36 batches: 2 chunks of 18, one program
+    assert trainer.state.step == 36
+    # A step over LIGHT_STEP_FLOPS runs one to a call.
+    monkeypatch.setattr(d2l.trainer, "LIGHT_STEP_FLOPS", trainer_step_flops(trainer))
+    assert trainer.auto_dispatch_steps() == 1
+
+
+def trainer_step_flops(trainer):
+    order = trainer._epoch_order(trainer.shuffle_key, 0)
+    step = trainer._train_chunk.trace(trainer.state, trainer.train_arrays, order, 0, num_steps=1)
+    return d2l.trainer.matmul_flops(step.jaxpr)
+
+
+@pytest.mark.parametrize(
+    "steps, chunk",
+    [(468, 26), (234, 26), (36, 18), (64, 32), (10, 10), (2, 2), (937, 32), (38, 19), (74, 32)],
+)
+def test_equal_chunks_cut_an_epoch_into_one_program_where_they_can(steps, chunk):
+    assert d2l.trainer.equal_chunks(steps) == chunk
+
+
+def test_matmul_flops_counts_products_and_convolutions_inside_loops_and_gradients():
+    def forward(w, k, x, images):
+        dense = x @ w  # (4, 5) @ (5, 6): 2 * 4 * 6 * 5 = 240
+        # (2, 6, 6, 3) by a 3x3x3x8 kernel: 2 * (2 * 4 * 4 * 8) * 27 = 13,824
+        conv = jax.lax.conv_general_dilated(
+            images, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return dense.sum() + conv.sum()
+
+    w, k, x, images = jnp.ones((5, 6)), jnp.ones((3, 3, 3, 8)), jnp.ones((4, 5)), jnp.ones((2, 6, 6, 3))
+    assert d2l.trainer.matmul_flops(jax.make_jaxpr(forward)(w, k, x, images)) == 240 + 13_824
+
+    def looped(w, k, x, images):  # 3 steps in a loop, inside a jit
+        step = lambda carry, _: (carry + forward(w, k, x, images), None)  # noqa: E731
+        return jax.jit(lambda: jax.lax.scan(step, 0.0, None, length=3)[0])()
+
+    assert d2l.trainer.matmul_flops(jax.make_jaxpr(looped)(w, k, x, images)) == 3 * (240 + 13_824)
+    # The gradients of the weights and the kernel cost what the forward pass does.
+    gradients = jax.make_jaxpr(jax.grad(forward, argnums=(0, 1)))(w, k, x, images)
+    assert d2l.trainer.matmul_flops(gradients) == 2 * (240 + 13_824)
+
+
 @pytest.mark.parametrize("unroll", [True, False])  # unrolled on CPU, a loop on GPUs
 def test_steps_per_dispatch_gives_the_same_training(blobs, quiet_trainer, unroll):
     class Chunked(d2l.Trainer):
