@@ -230,14 +230,20 @@ class Trainer(HyperParameters):
         return batch
 
     def init_state(self, key):
-        params_key, dropout_key, init_dropout_key = jax.random.split(key, 3)
-        # Parameters come from XLA's RngBitGenerator: threefry, drawn once per parameter,
-        # makes the init program compile 3-4x slower on CPU (14 s for a ResNet-18).
-        params_key = jax.random.wrap_key_data(jnp.tile(jax.random.key_data(params_key), 2), impl="rbg")
-        inputs = self.data.preprocess(tuple(a[: self.batch_size] for a in self.train_arrays))[:-1]
-        rngs = {"params": params_key, "dropout": init_dropout_key}
+        def first_inputs(arrays):
+            return self.data.preprocess(tuple(a[: self.batch_size] for a in arrays))[:-1]
+
+        def initial_variables(key, arrays):  # one program, not a dozen small eager ones
+            params_key, dropout_key, init_dropout_key = jax.random.split(key, 3)
+            # Parameters come from XLA's RngBitGenerator: threefry, drawn once per parameter,
+            # makes the init program compile 3-4x slower on CPU (14 s for a ResNet-18).
+            params_key = jax.random.wrap_key_data(jnp.tile(jax.random.key_data(params_key), 2), impl="rbg")
+            rngs = {"params": params_key, "dropout": init_dropout_key}
+            return self.model.apply_init(first_inputs(arrays), key=rngs), dropout_key
+
+        inputs = jax.eval_shape(first_inputs, self.train_arrays)
         try:
-            variables = jax.jit(lambda rngs, inputs: self.model.apply_init(inputs, key=rngs))(rngs, inputs)
+            variables, dropout_key = jax.jit(initial_variables)(key, self.train_arrays)
             outputs, intermediates = jax.eval_shape(
                 lambda v, x: self.eval_model.apply(
                     v, *x, capture_intermediates=True, mutable=["intermediates"]
