@@ -75,8 +75,18 @@ def _row(run):
         # not drag the number down.
         f"{statistics.median(speeds):,.0f}" if speeds else "-",
         _hms(history[-1]["wall_time"]) if history and history[-1].get("wall_time") else "-",
+        _first_epoch_extra(history, resumed),
         _device(config),
     ]
+
+
+def _first_epoch_extra(history, resumed):
+    """Seconds the first epoch's training took over a steady epoch's (the median of the
+    others): mostly compilation, less with a warm compilation cache."""
+    seconds = [r.get("seconds") for r in history]
+    if resumed or len(seconds) < 2 or None in seconds:
+        return "-"
+    return f"{seconds[0] - statistics.median(seconds[1:]):.1f}"
 
 
 COLUMNS = [
@@ -88,6 +98,7 @@ COLUMNS = [
     "final val acc",
     "examples/s",
     "training time",
+    "first epoch extra s",
     "device",
 ]
 
@@ -113,7 +124,9 @@ def write_report(root="runs", out=None):
         f"{_count(len(found), 'run')} of {_count(len(chapters), 'chapter')} in `{root}/`, collected by "
         f"`make report` (`python -m d2lite.report`) on {stamp}. Accuracies are on the validation "
         "(test) split; examples/s is the median over epochs of training examples per second; "
-        "training time counts only time spent training, over all sessions of a resumed run.",
+        "training time counts only time spent training, over all sessions of a resumed run; "
+        "first epoch extra s is how much longer the first epoch trained than a steady one "
+        "(the median of the others), mostly compilation.",
         "",
     ]
     if plotted:

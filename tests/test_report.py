@@ -45,7 +45,7 @@ def test_report_from_two_runs(tmp_path, capsys):
     assert [s.splitlines()[0] for s in sections] == ["alpha", "beta"]
     header = (
         "| run | model | parameters | epochs | best val acc | final val acc | examples/s "
-        "| training time | device |"
+        "| training time | first epoch extra s | device |"
     )
     assert all(header in s for s in sections)
     rows = {
@@ -65,9 +65,12 @@ def test_report_from_two_runs(tmp_path, capsys):
         assert row[5] == f"{accuracies[-1]:.3f}"
         speeds = sorted(r["examples_per_s"] for r in trainer.history)
         assert row[6] == f"{(speeds[0] + speeds[1]) / 2:,.0f}"  # the median of two
-        assert row[8].startswith("cpu (") and row[8].endswith("cores)")
+        seconds = [r["seconds"] for r in trainer.history]
+        assert row[8] == f"{seconds[0] - seconds[1]:.1f}"  # the first epoch compiled
+        assert row[9].startswith("cpu (") and row[9].endswith("cores)")
     assert rows["beta/20250101-130000"][2] == "811"  # no BatchNorm: 8 fewer parameters
     assert rows["alpha/20250102-090000"][3] == "2/4, resumed 1x"
+    assert rows["alpha/20250102-090000"][8] == "-"  # a resumed run compiled again in its later sessions
 
 
 def test_report_without_runs_is_a_one_line_error(tmp_path, capsys):
@@ -84,5 +87,5 @@ def test_chapter_falls_back_to_the_parent_folder(tmp_path):
     (found,) = report.collect(tmp_path)
     assert found["chapter"] == "lenet" and found["history"] == [] and found["best"] is None
     text = report.write_report(tmp_path)
-    assert "| `lenet/20250101-120000` | LeNet | ? | 0/? | - | - | - | - | ? |" in text
+    assert "| `lenet/20250101-120000` | LeNet | ? | 0/? | - | - | - | - | - | ? |" in text
     assert "report.png" not in text and not (tmp_path / "report.png").exists()

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU figures the open issues still need, as two prepared calls of under 10 minutes each
+# for a session that is lent a device machine (DEVELOPERS.md; one `run` per part):
+#   part 1, issue 12: ResNet-18 cold in float32 (the default) and bfloat16, warm (cache), and
+#           GoogLeNet under the default dispatch; then `make bench`'s ResNet-18 rows.
+#   part 2, issues 15 and 13: the modern recipe, 3 seeds, each cold; NiN's 10 epochs.
+# Every run starts from an empty compilation cache except the warm one, which reuses the
+# cold run's. Results: $OUT/partN.log (wall times, last lines of each run), $OUT/REPORT.md
+# (`make report` of these runs: accuracy, speed, first epoch over a steady one) and
+# $OUT/runs-partN.tar.gz (the run directories without checkpoints, the bench JSON).
+#
+#   bash bench/device_session.sh 1|2
+# On the device: PYTHONPATH is set here; Fashion-MNIST comes from ./.data when it exists.
+# A rehearsal on a CPU, in minutes: D2LITE_FAST_DEV_RUN=2 BENCH_STEPS=2 PYTHON=.venv/bin/python
+set -u
+part=${1:-}
+if [ "$part" != 1 ] && [ "$part" != 2 ]; then
+    echo "usage: bash bench/device_session.sh 1|2 (see the comment at its top)" >&2
+    exit 2
+fi
+python=${PYTHON:-python3}
+out=${OUT:-runs/device-out}
+root=runs/device-$part
+export PYTHONPATH=. PYTHONUNBUFFERED=1
+if [ -d .data ]; then export D2LITE_DATA=$PWD/.data; fi
+rm -rf "$root" && mkdir -p "$root" "$out"
+log=$out/part$part.log
+caches=$(mktemp -d)
+: >"$log"
+
+# run NAME SECONDS CACHE MODULE [FLAGS...]: one process under a time limit; its wall time,
+# from process start to exit, and its last lines go to the log.
+run() {
+    local name=$1 limit=$2 cache=$caches/$3 module=$4 start status
+    shift 4
+    mkdir -p "$cache"
+    start=$(date +%s.%N)
+    XDG_CACHE_HOME=$cache timeout "$limit" "$python" -m "$module" "$@" >"$root/$name.out" 2>&1
+    status=$?
+    printf '%s: %.1f s wall, exit %s (%s %s)\n' "$name" "$(echo "$(date +%s.%N) - $start" | bc)" \
+        "$status" "$module" "$*" | tee -a "$log"
+    grep -E '^epoch [0-9]+/|test accuracy|error|Error' "$root/$name.out" | tail -n 4 | sed 's/^/    /' >>"$log"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$log" 2>&1
+"$python" -c "import jax; print('jax', jax.__version__, jax.devices())" >>"$log" 2>&1
+if [ "$part" = 1 ]; then
+    run resnet-fp32-cold 150 resnet chapters.resnet --out-dir "$root/resnet-fp32-cold"
+    run resnet-fp32-warm 150 resnet chapters.resnet --out-dir "$root/resnet-fp32-warm"
+    run resnet-bf16-cold 150 resnet-bf16 chapters.resnet --precision bfloat16 --out-dir "$root/resnet-bf16-cold"
+    run googlenet-auto 200 googlenet chapters.googlenet --out-dir "$root/googlenet-auto"
+    run bench-resnet18 240 bench bench.bench --models resnet18 --steps "${BENCH_STEPS:-30}" \
+        --json "$root/bench-resnet18.json"
+else
+    for seed in 0 1 2; do
+        run "modern-seed$seed" 120 "modern$seed" chapters.modern_recipe --precision bfloat16 --seed $seed \
+            --out-dir "$root/modern-seed$seed"
+    done
+    run nin 200 nin chapters.nin --out-dir "$root/nin"
+fi
+"$python" -m d2lite.report --runs "$root" --out "$out/REPORT.md" >/dev/null 2>>"$log"
+tar czf "$out/runs-part$part.tar.gz" --exclude=checkpoints "$root"
+rm -rf "$caches"
+echo "done: $log, $out/REPORT.md, $out/runs-part$part.tar.gz" | tee -a "$log"
