@@ -24,7 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from .errors import D2LiteError
+from .errors import D2LiteError, first_line
 
 # Tests set this to a step number: saving that checkpoint then stops after writing every
 # file and before the commit, so a test can kill the process in the middle of a save.
@@ -133,7 +133,7 @@ class Checkpoints:
             raise self._unreadable(step, error) from error
 
     def _unreadable(self, step, error):
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        reason = first_line(error, 160)
         earlier = [s for s in self.steps() if s < step]
         fallback = (
             f"resume from the previous checkpoint instead with --resume {self.path(earlier[-1])} "

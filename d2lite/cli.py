@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import runs
 from .board import in_notebook
-from .errors import D2LiteError
+from .errors import D2LiteError, first_line
 from .precision import PRECISIONS
 from .recipe import SCHEDULES, Recipe
 from .trainer import fast_dev_run
@@ -299,7 +299,7 @@ def start_distributed():
     try:
         jax.distributed.initialize(**counts)
     except (RuntimeError, ValueError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first = first_line(error)
         raise D2LiteError(
             f"--distributed: could not join the other processes ({first}); on one "
             "machine leave it out: all its devices are used anyway"

@@ -21,7 +21,7 @@ import optax
 from flax import linen as nn
 
 from .board import ProgressBoard
-from .errors import D2LiteError
+from .errors import D2LiteError, first_line
 from .hparams import HyperParameters
 from .recipe import smoothed_cross_entropy
 
@@ -198,11 +198,9 @@ class Classifier(Module):
 
 def input_error(model, input_shape, problem):
     """The error for inputs a model cannot take, most often images resized too small."""
-    text = str(problem).strip().splitlines()
     return D2LiteError(
         f"{type(model).__name__} cannot run on inputs of shape {tuple(input_shape)}: "
-        f"{text[0] if text else type(problem).__name__} (if the inputs are too small for the "
-        "model, use a larger resize)"
+        f"{first_line(problem)} (if the inputs are too small for the model, use a larger resize)"
     )
 
 

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from .errors import D2LiteError
+from .errors import D2LiteError, first_line
 from .recipe import Recipe
 
 CONFIG, METRICS, CHECKPOINTS = "config.json", "metrics.csv", "checkpoints"
@@ -316,9 +316,13 @@ class RunDirectory:
         except D2LiteError:
             raise
         except (OSError, ValueError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            found = re.search(r": ([^:\[]+) \[os_error_code", reason)
-            reason = found.group(1) if found else reason.strip().splitlines()[0][:160]
+            found = re.search(r": ([^:\[]+) \[os_error_code", str(error))
+            if found:
+                reason = found.group(1)
+            elif isinstance(error, OSError) and error.strerror:
+                reason = error.strerror
+            else:
+                reason = first_line(error, 160)
             last = self.last_checkpoint()
             kept = f"; its last complete checkpoint, {last}, is intact" if last else ""
             raise D2LiteError(

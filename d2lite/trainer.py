@@ -44,7 +44,7 @@ from jax import lax
 from . import book
 from .board import ProgressLine
 from .cpu_kernels import cpu_kernels
-from .errors import D2LiteError
+from .errors import D2LiteError, first_line
 from .hparams import HyperParameters
 from .module import Classifier, for_evaluation, input_error, recording_plots
 from .precision import compute_dtype, compute_in
@@ -204,7 +204,9 @@ class Trainer(HyperParameters):
         self.num_train_batches = min(
             self.num_train_examples // batch_size, self.limit_train_batches or math.inf
         )
-        self.dispatch_steps = self.steps_per_dispatch  # "auto": decided in fit, once the step is traced
+        self.dispatch_steps = self.steps_per_dispatch
+        if self.dispatch_steps == "auto":  # fit refines it once the step is traced (auto_dispatch_steps)
+            self.dispatch_steps = 1 if self.unroll_chunks else equal_chunks(self.num_train_batches)
         self.train_arrays = self.parallel.replicate(train)
 
         # Pad validation to whole batches once; the mask keeps the padding out of the means.
@@ -561,7 +563,7 @@ class Trainer(HyperParameters):
     def _out_of_memory(self, error):
         device = self.parallel.devices[0]
         memory = "host memory" if device.platform == "cpu" else f"{device.device_kind} memory"
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+        reason = first_line(error, 120)
         size = self.parallel.size  # a batch must still split over the devices
         smaller = max(size, self.batch_size // 2 // size * size)
         return D2LiteError(

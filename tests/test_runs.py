@@ -310,3 +310,18 @@ def test_an_accuracy_collapse_counts_from_the_best_epoch_including_the_last_one(
     with pytest.raises(d2l.D2LiteError, match=r"collapsed in epoch 3: 0\.6000, down from 0\.9000 in epoch 2"):
         trainer._check_accuracy({"epoch": 3, "val_acc": 0.6})
     trainer._check_accuracy({"epoch": 3, "val_acc": 0.8})  # within ACCURACY_DROP of the best: quiet
+
+
+@pytest.mark.parametrize(
+    "error, reason",
+    [
+        (OSError(28, "No space left on device"), "No space left on device"),
+        (OSError(), "OSError"),  # no message at all: still one line, naming the error
+        (ValueError("write failed: No space left on device [os_error_code=28]"), "No space left on device"),
+    ],
+)
+def test_a_failed_write_is_one_line_that_names_the_reason(tmp_path, error, reason):
+    run = runs.RunDirectory(trainer=None, path=tmp_path)
+    with pytest.raises(d2l.D2LiteError) as raised, run.writing("metrics.csv"):
+        raise error
+    assert str(raised.value).startswith(f"cannot write metrics.csv in {tmp_path} ({reason}): free disk space")
