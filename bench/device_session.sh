@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# The GPU figures the open issues still need, as two prepared calls of under 10 minutes each
-# for a session that is lent a device machine (DEVELOPERS.md; one `run` per part):
-#   part 1, issue 12: ResNet-18 cold in float32 (the default) and bfloat16, warm (cache), and
-#           GoogLeNet under the default dispatch; then `make bench`'s ResNet-18 rows.
+# The GPU figures the open issues still need, as prepared calls of under 10 minutes each for
+# a session that is lent a device machine (DEVELOPERS.md; one `run` per part, most needed first):
+#   part 1, issues 12 and 13: ResNet-18 cold in float32 (the default) and bfloat16, warm (the
+#           cache), GoogLeNet's 10 epochs under the default dispatch, and 2 epochs in loops of
+#           26 steps (one program), to see whether a loop itself compiles slowly on a GPU.
 #   part 2, issues 15 and 13: the modern recipe, 3 seeds, each cold; NiN's 10 epochs.
+#   part 3, issue 12: `make bench`'s ResNet-18 rows (d2lite, a pure step, PyTorch on CUDA).
 # Every run starts from an empty compilation cache except the warm one, which reuses the
 # cold run's. Results: $OUT/partN.log (wall times, last lines of each run), $OUT/REPORT.md
 # (`make report` of these runs: accuracy, speed, first epoch over a steady one) and
 # $OUT/runs-partN.tar.gz (the run directories without checkpoints, the bench JSON).
 #
-#   bash bench/device_session.sh 1|2
+#   bash bench/device_session.sh 1|2|3
 # On the device: PYTHONPATH is set here; Fashion-MNIST comes from ./.data when it exists.
 # A rehearsal on a CPU, in minutes: D2LITE_FAST_DEV_RUN=2 BENCH_STEPS=2 PYTHON=.venv/bin/python
 set -u
 part=${1:-}
-if [ "$part" != 1 ] && [ "$part" != 2 ]; then
-    echo "usage: bash bench/device_session.sh 1|2 (see the comment at its top)" >&2
+if [ "$part" != 1 ] && [ "$part" != 2 ] && [ "$part" != 3 ]; then
+    echo "usage: bash bench/device_session.sh 1|2|3 (see the comment at its top)" >&2
     exit 2
 fi
 python=${PYTHON:-python3}
@@ -49,7 +51,10 @@ if [ "$part" = 1 ]; then
     run resnet-fp32-warm 150 resnet chapters.resnet --out-dir "$root/resnet-fp32-warm"
     run resnet-bf16-cold 150 resnet-bf16 chapters.resnet --precision bfloat16 --out-dir "$root/resnet-bf16-cold"
     run googlenet-auto 200 googlenet chapters.googlenet --out-dir "$root/googlenet-auto"
-    run bench-resnet18 240 bench bench.bench --models resnet18 --steps "${BENCH_STEPS:-30}" \
+    run googlenet-loops 100 googlenet-loops chapters.googlenet --epochs 2 --steps-per-dispatch 26 \
+        --out-dir "$root/googlenet-loops"
+elif [ "$part" = 3 ]; then
+    run bench-resnet18 400 bench bench.bench --models resnet18 --steps "${BENCH_STEPS:-30}" \
         --json "$root/bench-resnet18.json"
 else
     for seed in 0 1 2; do
