@@ -204,9 +204,8 @@ class Trainer(HyperParameters):
         self.num_train_batches = min(
             self.num_train_examples // batch_size, self.limit_train_batches or math.inf
         )
-        self.dispatch_steps = self.steps_per_dispatch
-        if self.dispatch_steps == "auto":  # fit refines it once the step is traced (auto_dispatch_steps)
-            self.dispatch_steps = 1 if self.unroll_chunks else equal_chunks(self.num_train_batches)
+        # "auto" is decided in fit, where the step can be traced (auto_dispatch_steps); 1 until then.
+        self.dispatch_steps = 1 if self.steps_per_dispatch == "auto" else self.steps_per_dispatch
         self.train_arrays = self.parallel.replicate(train)
 
         # Pad validation to whole batches once; the mask keeps the padding out of the means.
@@ -376,17 +375,17 @@ class Trainer(HyperParameters):
 
         One on a CPU. Off it, several only for a light step, under LIGHT_STEP_FLOPS in its
         products and convolutions (LeNet's: 0.3 GFLOP at batch 128), which a GPU runs in less
-        time than Python needs to dispatch it. A heavier step (RegNet's 31 GFLOP, ResNet-18's 203) keeps the
-        device busy one call at a time, so a loop of steps would only add compile time (on an
-        H200 GoogLeNet's first epoch took 25.9 s one step at a time, and none ended within
-        50 s in loops of 32). A light epoch is cut into equal chunks of at most 32 steps
-        where its length allows, so that one program runs them all: 468 batches make 18
-        chunks of 26, not 14 of 32 and one of 20, which would compile a second program.
+        time than Python needs to dispatch it. A heavier step (RegNet's 31 GFLOP, ResNet-18's
+        203) keeps the device busy one call at a time, so a loop of steps would only add
+        compile time (on an H200 GoogLeNet's first epoch took 25.9 s one step at a time, and
+        none ended within 50 s in loops of 32). A light epoch is cut into equal chunks of at
+        most 32 steps where its length allows, so that one program runs them all: 468 batches
+        make 18 chunks of 26, not 14 of 32 and one of 20, which would compile a second program.
         """
         if self.unroll_chunks:
             return 1
         order = self._epoch_order(self.shuffle_key, 0)
-        # Counted on the trace (which the first call reuses), not on a compiled program.
+        # Counted on a trace, not a compiled program; a heavy step's first call reuses the trace.
         step = self._train_chunk.trace(self.state, self.train_arrays, order, 0, num_steps=1)
         if matmul_flops(step.jaxpr) >= LIGHT_STEP_FLOPS:
             return 1
