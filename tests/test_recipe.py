@@ -195,7 +195,9 @@ def test_every_ingredient_together_learns_and_resumes_exactly(tmp_path, capsys):
         return trainer
 
     reference = fit(None)
-    assert reference.history[-1]["val_acc"] > 0.8
+    # Well above chance (1/3): over 32 seeds, these 2 epochs reached 0.57 to 0.93.
+    assert reference.history[-1]["val_acc"] > 0.5
+    assert reference.history[-1]["train_loss"] < reference.history[0]["train_loss"]
     CTRL_C["epoch"] = 1
     with pytest.raises(d2l.TrainingInterrupted):
         fit(tmp_path / "run")

@@ -292,3 +292,29 @@ def test_out_of_memory_is_a_one_line_error_with_a_batch_size_to_try(quiet_traine
         "(--precision bfloat16)"
     )
     assert "\n" not in message
+
+
+def test_initial_parameters_are_independent_draws_that_compile_without_threefry():
+    class TwoLayers(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(256, bias_init=nn.initializers.uniform(1.0))(nn.Dense(256)(x))
+
+    def init(key):
+        return TwoLayers().init({"params": d2l.utils.init_key(key)}, jnp.ones((1, 256)))["params"]
+
+    params = jax.jit(init)(jax.random.PRNGKey(3))
+    first, second = (np.asarray(params[f"Dense_{i}"]["kernel"]).ravel() for i in (0, 1))
+    for kernel in (first, second):  # LeCun normal: standard deviation 1/sqrt(256), mean 0
+        assert abs(kernel.std() - 1 / 16) < 0.002 and abs(kernel.mean()) < 0.001
+        assert abs(np.corrcoef(kernel[:-1], kernel[1:])[0, 1]) < 0.02  # neighbours unrelated
+    assert abs(np.corrcoef(first, second)[0, 1]) < 0.02  # two parameters unrelated
+    bias = np.asarray(params["Dense_0"]["bias"])  # the outer layer's: flax names it first
+    counts = np.histogram(bias, bins=4, range=(0, 1))[0]
+    assert counts.min() > 40  # 256 uniform draws, 64 a bin expected
+    again, other = jax.jit(init)(jax.random.PRNGKey(3)), jax.jit(init)(jax.random.PRNGKey(4))
+    assert np.array_equal(again["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
+    other_kernel = np.asarray(other["Dense_0"]["kernel"]).ravel()
+    assert abs(np.corrcoef(first, other_kernel)[0, 1]) < 0.02  # another seed, other draws
+    program = jax.jit(init).lower(jax.random.PRNGKey(3)).as_text()
+    assert "threefry" not in program and "rng_bit_generator" not in program
