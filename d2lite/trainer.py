@@ -474,14 +474,21 @@ class Trainer(HyperParameters):
                     del pending[:-1]
                 self.progress_line.advance(len(finished), loss=latest)
         last_chunk = len(pending[-1][0]) if pending else 0
-        self._read(pending, losses)
-        self.progress_line.advance(last_chunk, loss=losses[-1])
-        self.train_batch_idx = (self.epoch + 1) * self.num_train_batches
-        seconds = seconds_before + time.perf_counter() - started
-        record = {"epoch": self.epoch + 1, "step": self.train_batch_idx, "train_loss": float(np.mean(losses))}
-        for key, value in sorted(self.evaluate().items(), key=lambda item: item[0] != "loss"):  # loss first
-            record["val_" + key] = value
-            self.board.draw(self.epoch + 1, value, "val_" + key)  # exact means: one point an epoch
+        with self.board.held():  # the epoch's last points, training and validation, in one picture
+            self._read(pending, losses)
+            self.progress_line.advance(last_chunk, loss=losses[-1])
+            self.train_batch_idx = (self.epoch + 1) * self.num_train_batches
+            seconds = seconds_before + time.perf_counter() - started
+            record = {
+                "epoch": self.epoch + 1,
+                "step": self.train_batch_idx,
+                "train_loss": float(np.mean(losses)),
+            }
+            for key, value in sorted(
+                self.evaluate().items(), key=lambda item: item[0] != "loss"
+            ):  # loss first
+                record["val_" + key] = value
+                self.board.draw(self.epoch + 1, value, "val_" + key)  # exact means: one point an epoch
         self.val_batch_idx += self.num_val_batches
         self._check_accuracy(record)
         examples_per_s = self.num_train_batches * self.batch_size / seconds
@@ -493,15 +500,16 @@ class Trainer(HyperParameters):
         """Copy finished chunks to the host: append their losses to `losses` and replay what
         their steps plotted through `model.plot`, each step at its place in the epoch."""
         before = len(losses)
-        for chunk in chunks:
-            step_losses, plotted = jax.tree.map(to_host, chunk)
-            if not np.isfinite(step_losses).all():  # on the host already: checking is free
-                raise self._nonfinite_loss(np.concatenate([losses, step_losses]))
-            for i, loss in enumerate(step_losses):
-                self.train_batch_idx = self.epoch * self.num_train_batches + len(losses)
-                for (key, train), values in plotted.items():
-                    self.model.plot(key, values[i], train)
-                losses.append(float(loss))
+        with self.board.held():  # one picture for all the points read
+            for chunk in chunks:
+                step_losses, plotted = jax.tree.map(to_host, chunk)
+                if not np.isfinite(step_losses).all():  # on the host already: checking is free
+                    raise self._nonfinite_loss(np.concatenate([losses, step_losses]))
+                for i, loss in enumerate(step_losses):
+                    self.train_batch_idx = self.epoch * self.num_train_batches + len(losses)
+                    for (key, train), values in plotted.items():
+                        self.model.plot(key, values[i], train)
+                    losses.append(float(loss))
         if len(losses) > before:
             self._check_loss(losses[before:])
 

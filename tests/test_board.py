@@ -59,6 +59,18 @@ def test_no_file_until_the_picture_changes(tmp_path):
     assert (tmp_path / "progress.png").exists()
 
 
+def test_points_drawn_while_held_make_one_picture_at_the_end(tmp_path):
+    board = ProgressBoard(save_dir=tmp_path)
+    with board.held():
+        with board.held():  # blocks nest: the outermost one draws
+            for i in range(3):
+                board.draw(i, i, "train_loss")
+        board.draw(3, 1.0, "val_acc")
+        assert list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["progress.png", "progress.svg"]
+    assert [len(line.get_xdata()) for line in board.axes.get_lines()] == [3, 1]
+
+
 def test_one_styled_line_per_label_with_legend(tmp_path):
     board = ProgressBoard(save_dir=tmp_path)
     labels = ["train_loss", "val_loss", "val_acc"]

@@ -318,3 +318,16 @@ def test_initial_parameters_are_independent_draws_that_compile_without_threefry(
     assert abs(np.corrcoef(first, other_kernel)[0, 1]) < 0.02  # another seed, other draws
     program = jax.jit(init).lower(jax.random.PRNGKey(3)).as_text()
     assert "threefry" not in program and "rng_bit_generator" not in program
+
+
+def test_a_fit_draws_its_picture_twice_an_epoch(blobs, quiet_trainer, tmp_path):
+    model = TinyCNN()  # 8 batches an epoch: a training point after 4 steps, then the epoch's last points
+    pictures = []
+
+    def render():  # what each picture would show anew
+        pictures.append(sorted(model.board._dirty))
+        model.board._dirty.clear()
+
+    model.board._render = render
+    quiet_trainer(run_dir=tmp_path / "run").fit(model, blobs)
+    assert pictures == [["train_loss"], ["train_loss", "val_acc", "val_loss"]] * 2
