@@ -7,6 +7,7 @@ The board and the Trainer never touch pyplot: scripts open no windows.
 
 import contextlib
 import io
+import math
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ class ProgressBoard:
     `data`). In a Jupyter kernel it redraws one inline image in place; with `save_dir` it
     rewrites `save_dir/progress.{png,svg}` too; otherwise it only records the points. The
     figure is made at the first drawing: every model carries a board, and most are never drawn.
-    Inside `held()` the points are recorded and the picture is drawn once, at the block's end.
+    Inside `held()` the points are recorded and the picture is drawn at most once, at its end.
     """
 
     def __init__(
@@ -79,7 +80,8 @@ class ProgressBoard:
         self._dirty = set()  # labels whose Line2D lags behind `data`
         self._announced = self._write_failed = False  # told where the plot is; told it cannot be written
         self.display_handle = None  # the notebook output this board redraws; a new fit makes a new one
-        self._holds = 0  # open `held()` blocks
+        self._holds, self._hold_for = 0, 0.0  # open `held()` blocks; the outermost's interval
+        self._drawn_at = -math.inf  # time.perf_counter() of the last picture
 
     def draw(self, x, y, label, every_n=1):
         points = self.raw_points.setdefault(label, [])
@@ -95,19 +97,25 @@ class ProgressBoard:
             self._render()
 
     @contextlib.contextmanager
-    def held(self):
-        """Record the points drawn inside the block and draw the picture once, at its end.
+    def held(self, unless_drawn_within=0.0):
+        """Record the points drawn inside the block and draw the picture once, at its end, unless
+        one was drawn less than `unless_drawn_within` seconds before: then the points wait for
+        the next picture. The outermost block decides.
 
-        The Trainer replays a stretch of steps' points, and an epoch's last training point
-        with its validation points, in one such block: a picture costs 0.1-0.2 s of the host's
-        time (PNG and SVG), which a GPU waiting for its next step would spend idle.
+        A picture costs 0.1-0.2 s of the host's time (PNG and SVG), which a GPU waiting for
+        its next step spends idle. So the Trainer holds each stretch of steps it reads, and an
+        epoch's last training point with its validation points, and skips a mid-epoch picture
+        when the last one is recent: on a GPU a whole epoch can take under two seconds.
         """
+        if not self._holds:
+            self._hold_for = unless_drawn_within
         self._holds += 1
         try:
             yield self
         finally:
             self._holds -= 1
-            if not self._holds and self._dirty:
+            recent = time.perf_counter() - self._drawn_at < self._hold_for
+            if not self._holds and self._dirty and not recent:
                 self._render()
 
     def save(self, path):
@@ -158,6 +166,7 @@ class ProgressBoard:
         if not notebook and self.save_dir is None:
             return
         self._sync()
+        self._drawn_at = time.perf_counter()
         buf = io.BytesIO()  # one PNG per redraw, for the notebook and the run directory alike
         self.fig.savefig(buf, format="png")
         png = buf.getvalue()

@@ -58,6 +58,7 @@ from .utils import init_key
 AUTO_STEPS_PER_DISPATCH = 32
 LIGHT_STEP_FLOPS = 10e9
 FAST_DEV_RUN = "D2LITE_FAST_DEV_RUN"
+MID_EPOCH_PICTURE_SECONDS = 2.0  # the live plot's mid-epoch pictures come at most this often
 
 
 def fast_dev_run():
@@ -452,7 +453,8 @@ class Trainer(HyperParameters):
             # whether to stop there, see _stop_agreed). Never at an epoch's first dispatch.
             plot_due = start // plot_every > len(losses) // plot_every
             if self._stop_agreed(plot_due):  # Ctrl-C or SIGTERM: stop here, between two steps
-                self._read(pending, losses)
+                with self.board.held():  # the picture shows every step read
+                    self._read(pending, losses)
                 checkpoint = self.run and self.run.save(
                     (losses, seconds_before + time.perf_counter() - started)
                 )
@@ -500,7 +502,7 @@ class Trainer(HyperParameters):
         """Copy finished chunks to the host: append their losses to `losses` and replay what
         their steps plotted through `model.plot`, each step at its place in the epoch."""
         before = len(losses)
-        with self.board.held():  # one picture for all the points read
+        with self.board.held(unless_drawn_within=MID_EPOCH_PICTURE_SECONDS):  # see ProgressBoard.held
             for chunk in chunks:
                 step_losses, plotted = jax.tree.map(to_host, chunk)
                 if not np.isfinite(step_losses).all():  # on the host already: checking is free

@@ -320,14 +320,20 @@ def test_initial_parameters_are_independent_draws_that_compile_without_threefry(
     assert "threefry" not in program and "rng_bit_generator" not in program
 
 
-def test_a_fit_draws_its_picture_twice_an_epoch(blobs, quiet_trainer, tmp_path):
+@pytest.mark.parametrize("seconds, mid_epoch_pictures", [(0.0, 2), (1e9, 1)])
+def test_a_fit_draws_a_picture_per_read_and_none_too_soon(
+    blobs, quiet_trainer, tmp_path, monkeypatch, seconds, mid_epoch_pictures
+):
+    monkeypatch.setattr(d2l.trainer, "MID_EPOCH_PICTURE_SECONDS", seconds)
     model = TinyCNN()  # 8 batches an epoch: a training point after 4 steps, then the epoch's last points
-    pictures = []
+    pictures, render = [], model.board._render
 
-    def render():  # what each picture would show anew
+    def counted_render():  # what each picture shows anew
         pictures.append(sorted(model.board._dirty))
-        model.board._dirty.clear()
+        render()
 
-    model.board._render = render
+    model.board._render = counted_render
     quiet_trainer(run_dir=tmp_path / "run").fit(model, blobs)
-    assert pictures == [["train_loss"], ["train_loss", "val_acc", "val_loss"]] * 2
+    mid, end = ["train_loss"], ["train_loss", "val_acc", "val_loss"]
+    # The second epoch's middle comes less than 1e9 s after the first epoch's end, and waits.
+    assert pictures == [mid, end] + [mid, end][2 - mid_epoch_pictures :]
