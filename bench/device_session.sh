@@ -6,18 +6,20 @@
 #           26 steps (one program), to see whether a loop itself compiles slowly on a GPU.
 #   part 2, issues 15 and 13: the modern recipe, 3 seeds, each cold; NiN's 10 epochs.
 #   part 3, issue 12: `make bench`'s ResNet-18 rows (d2lite, a pure step, PyTorch on CUDA).
+#   parts 4 and 5, issue 12 (items 2 and 6): the other chapters' 10 epochs, each cold, for the
+#           compile figure of every chapter and README's results table.
 # Every run starts from an empty compilation cache except the warm one, which reuses the
 # cold run's. Results: $OUT/partN.log (wall times, last lines of each run), $OUT/REPORT.md
 # (`make report` of these runs: accuracy, speed, first epoch over a steady one) and
 # $OUT/runs-partN.tar.gz (the run directories without checkpoints, the bench JSON).
 #
-#   bash bench/device_session.sh 1|2|3
+#   bash bench/device_session.sh 1|2|3|4|5
 # On the device: PYTHONPATH is set here; Fashion-MNIST comes from ./.data when it exists.
 # A rehearsal on a CPU, in minutes: D2LITE_FAST_DEV_RUN=2 BENCH_STEPS=2 PYTHON=.venv/bin/python
 set -u
 part=${1:-}
-if [ "$part" != 1 ] && [ "$part" != 2 ] && [ "$part" != 3 ]; then
-    echo "usage: bash bench/device_session.sh 1|2|3 (see the comment at its top)" >&2
+if ! [[ "$part" =~ ^[1-5]$ ]]; then
+    echo "usage: bash bench/device_session.sh 1|2|3|4|5 (see the comment at its top)" >&2
     exit 2
 fi
 python=${PYTHON:-python3}
@@ -56,6 +58,17 @@ if [ "$part" = 1 ]; then
 elif [ "$part" = 3 ]; then
     run bench-resnet18 400 bench bench.bench --models resnet18 --steps "${BENCH_STEPS:-30}" \
         --json "$root/bench-resnet18.json"
+elif [ "$part" = 4 ]; then
+    for chapter in alexnet vgg; do
+        run "$chapter" 150 "$chapter" "chapters.$chapter" --out-dir "$root/$chapter"
+    done
+    for chapter in lenet batchnorm; do
+        run "$chapter" 60 "$chapter" "chapters.$chapter" --out-dir "$root/$chapter"
+    done
+elif [ "$part" = 5 ]; then
+    for chapter in resnext densenet regnet resnet_nnx; do
+        run "$chapter" 120 "$chapter" "chapters.$chapter" --out-dir "$root/$chapter"
+    done
 else
     for seed in 0 1 2; do
         run "modern-seed$seed" 120 "modern$seed" chapters.modern_recipe --precision bfloat16 --seed $seed \
