@@ -481,14 +481,10 @@ class Trainer(HyperParameters):
             self.progress_line.advance(last_chunk, loss=losses[-1])
             self.train_batch_idx = (self.epoch + 1) * self.num_train_batches
             seconds = seconds_before + time.perf_counter() - started
-            record = {
-                "epoch": self.epoch + 1,
-                "step": self.train_batch_idx,
-                "train_loss": float(np.mean(losses)),
-            }
-            for key, value in sorted(
-                self.evaluate().items(), key=lambda item: item[0] != "loss"
-            ):  # loss first
+            train_loss = float(np.mean(losses))
+            record = {"epoch": self.epoch + 1, "step": self.train_batch_idx, "train_loss": train_loss}
+            metrics = sorted(self.evaluate().items(), key=lambda item: item[0] != "loss")  # loss first
+            for key, value in metrics:
                 record["val_" + key] = value
                 self.board.draw(self.epoch + 1, value, "val_" + key)  # exact means: one point an epoch
         self.val_batch_idx += self.num_val_batches
