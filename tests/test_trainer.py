@@ -320,6 +320,18 @@ def test_initial_parameters_are_independent_draws_that_compile_without_threefry(
     assert "threefry" not in program and "rng_bit_generator" not in program
 
 
+def test_a_fit_draws_its_initial_parameters_with_the_init_key(blobs, quiet_trainer, monkeypatch):
+    keys = []
+
+    def recorded(key):
+        keys.append(key)
+        return d2l.utils.init_key(key)
+
+    monkeypatch.setattr(d2l.trainer, "init_key", recorded)
+    quiet_trainer(max_epochs=1).fit(TinyCNN(), blobs)
+    assert len(keys) == 1  # once, inside the set-up program
+
+
 @pytest.mark.parametrize("seconds, mid_epoch_pictures", [(0.0, 2), (1e9, 1)])
 def test_a_fit_draws_a_picture_per_read_and_none_too_soon(
     blobs, quiet_trainer, tmp_path, monkeypatch, seconds, mid_epoch_pictures
