@@ -16,9 +16,6 @@ orbax is imported on first use: it takes seconds, and runs without a directory n
 
 import hashlib
 import json
-import os
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -26,27 +23,7 @@ import numpy as np
 
 from .errors import D2LiteError, first_line
 
-# Tests set this to a step number: saving that checkpoint then stops after writing every
-# file and before the commit, so a test can kill the process in the middle of a save.
-PAUSE_BEFORE_COMMIT = "D2LITE_TEST_PAUSE_BEFORE_COMMIT"
 CHECKSUMS = "d2lite-sha256.json"
-
-
-def _pausing_path_class(step):
-    from orbax.checkpoint.path import atomicity
-
-    class PausingTemporaryPath(atomicity.AtomicRenameTemporaryPath):
-        async def finalize(self):
-            if self.get_final().name == str(step):  # the step folder, not one of its items
-                print(
-                    f"d2lite: checkpoint {step} written, pausing before its commit",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                time.sleep(600)
-            await super().finalize()
-
-    return PausingTemporaryPath
 
 
 class Checkpoints:
@@ -59,12 +36,10 @@ class Checkpoints:
         self.directory = Path(directory).absolute()
         # Folders of saves that never committed (the process died): orbax removes them below.
         self.unfinished = sorted(p.name for p in self.directory.glob("*.orbax-checkpoint-tmp*"))
-        pause = os.environ.get(PAUSE_BEFORE_COMMIT)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             enable_async_checkpointing=False,  # saved between epochs: nothing to overlap with
             cleanup_tmp_directories=True,  # what a killed save left behind
-            temporary_path_class=_pausing_path_class(int(pause)) if pause else None,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
         self._verified = set()

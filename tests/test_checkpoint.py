@@ -19,7 +19,7 @@ from flax import linen as nn
 
 import d2lite as d2l
 from d2lite import runs
-from d2lite.checkpoint import PAUSE_BEFORE_COMMIT, Checkpoints
+from d2lite.checkpoint import Checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3  # Blobs: 8 steps per epoch, so checkpoints at steps 8, 16, 24
@@ -104,18 +104,25 @@ def test_resuming_a_finished_run_with_more_epochs_continues_it(tmp_path, referen
 
 def test_sigkill_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_path, reference, capsys):
     run_dir = tmp_path / "run"
+    # The checkpoint of step 16 (end of epoch 2) stops with every file written, before orbax's
+    # commit (the rename of its temporary folder).
     script = (
-        "import sys; sys.path[:0] = ['.', 'tests']\n"
+        "import sys, time; sys.path[:0] = ['.', 'tests']\n"
+        "from orbax.checkpoint.path import atomicity\n"
         "from conftest import Blobs, TinyCNN\n"
         "import d2lite as d2l\n"
+        "commit = atomicity.AtomicRenameTemporaryPath.finalize\n"
+        "async def pause_before_commit(self):\n"
+        "    if self.get_final().name == '16':\n"
+        "        print('checkpoint 16 written, pausing before its commit', file=sys.stderr, flush=True)\n"
+        "        time.sleep(600)\n"
+        "    await commit(self)\n"
+        "atomicity.AtomicRenameTemporaryPath.finalize = pause_before_commit\n"
         "d2l.Trainer(max_epochs=3, run_dir=sys.argv[1], progress=False).fit(TinyCNN(dropout=0.2), Blobs())\n"
     )
-    # The checkpoint of step 16 (end of epoch 2) stops with every file written, before its commit.
-    env = {**os.environ, PAUSE_BEFORE_COMMIT: "16"}
     child = subprocess.Popen(
         [sys.executable, "-c", script, str(run_dir)],
         cwd=ROOT,
-        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
