@@ -31,12 +31,6 @@ def in_notebook():
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def _atomic_savefig(fig, path):
-    """Write the figure so that a viewer polling `path` never sees a half-written file."""
-    fmt = Path(path).suffix.lstrip(".").lower() or "png"
-    write_atomic(path, lambda f: fig.savefig(f, format=fmt))
-
-
 class ProgressBoard:
     """Live plot of training curves, drawn with `draw(x, y, label, every_n)` as in the book.
 
@@ -121,7 +115,8 @@ class ProgressBoard:
     def save(self, path):
         """Write the current figure to `path`; the format follows the suffix (.png, .svg, ...)."""
         self._sync()
-        _atomic_savefig(self.fig, path)
+        fmt = Path(path).suffix.lstrip(".").lower() or "png"
+        write_atomic(path, lambda f: self.fig.savefig(f, format=fmt))  # a viewer never sees half a file
 
     def _sync(self):
         """Bring the matplotlib artists up to date with `data` and the current settings."""
@@ -185,7 +180,7 @@ class ProgressBoard:
         if self.save_dir is not None:
             try:
                 write_atomic(self.save_dir / "progress.png", lambda f: f.write(png))
-                _atomic_savefig(self.fig, self.save_dir / "progress.svg")
+                write_atomic(self.save_dir / "progress.svg", lambda f: self.fig.savefig(f, format="svg"))
             except OSError as error:  # a full disk: say so once, and let the run's checkpoint decide
                 if not self._write_failed:
                     print(

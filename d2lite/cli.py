@@ -18,24 +18,23 @@ QUICK_BATCHES = 10  # training batches per epoch in --quick mode (2 validation b
 RUNS = "runs"  # where the chapters' runs go: runs/<chapter>/<date>-<time>/
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def positive(number):
+    """An argparse type for a positive `number` (int or float)."""
+
+    def parse(text):
+        try:
+            value = number(text)
+        except ValueError:
+            value = 0
+        if not value > 0:  # NaN too
+            kind = "integer" if number is int else "number"
+            raise argparse.ArgumentTypeError(f"expected a positive {kind}, got {text!r}")
+        return value
+
+    return parse
 
 
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+positive_int, positive_float = positive(int), positive(float)
 
 
 def steps_per_dispatch(text):

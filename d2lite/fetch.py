@@ -51,10 +51,6 @@ HOW_TO_GET_DATA = (
 )
 
 
-def user_cache_dir() -> Path:
-    return user_cache("fashion-mnist")
-
-
 def _candidates(data_dir=None) -> list[tuple[Path, str]]:
     """The search path, each folder with the words that tell the user where the data came from.
 
@@ -66,7 +62,7 @@ def _candidates(data_dir=None) -> list[tuple[Path, str]]:
     found = []
     if os.environ.get("D2LITE_DATA"):
         found.append((Path(os.environ["D2LITE_DATA"]).expanduser(), "$D2LITE_DATA"))
-    found.append((user_cache_dir(), "user cache"))
+    found.append((user_cache("fashion-mnist"), "user cache"))
     found.append((DEBIAN_DIR, "Debian package dataset-fashion-mnist"))
     return found
 

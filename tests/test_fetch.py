@@ -97,17 +97,17 @@ def test_read_idx_round_trips(tmp_path):
 
 
 def test_cache_dir_follows_xdg(monkeypatch, tmp_path):
-    assert fetch.user_cache_dir() == tmp_path / "xdg" / "d2lite" / "fashion-mnist"
+    assert fetch.user_cache("fashion-mnist") == tmp_path / "xdg" / "d2lite" / "fashion-mnist"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert fetch.user_cache_dir() == tmp_path / "home/.cache/d2lite/fashion-mnist"
+    assert fetch.user_cache("fashion-mnist") == tmp_path / "home/.cache/d2lite/fashion-mnist"
 
 
 def test_search_order_and_source(monkeypatch, tmp_path):
     explicit, env, cache, debian = (
         tmp_path / "explicit",
         tmp_path / "env",
-        fetch.user_cache_dir(),
+        fetch.user_cache("fashion-mnist"),
         fetch.DEBIAN_DIR,
     )
     for directory in (explicit, env, cache, debian):
@@ -197,7 +197,7 @@ def test_download_lands_in_cache(server, monkeypatch):
     url, root = server
     arrays = make_dataset(root)
     monkeypatch.setenv("D2LITE_DATA_URL", url)
-    cache = fetch.user_cache_dir()
+    cache = fetch.user_cache("fashion-mnist")
     directory, source = fetch.fetch(checksums=checksums_of(root))
     assert (directory, source) == (cache, f"downloaded from {url} to {cache}")
     assert sorted(p.name for p in cache.iterdir()) == sorted(fetch.ALL_FILES)  # no leftovers
@@ -212,7 +212,7 @@ def test_download_into_data_dir(server, tmp_path):
     target = tmp_path / "mine"
     directory, source = fetch.fetch(target, base_url=url, checksums=checksums_of(root))
     assert directory == target and source.startswith("downloaded from")
-    assert not fetch.user_cache_dir().exists()
+    assert not fetch.user_cache("fashion-mnist").exists()
 
 
 def test_bad_checksum_leaves_nothing(server):
@@ -227,7 +227,7 @@ def test_bad_checksum_leaves_nothing(server):
         rf"{url}t10k-images-idx3-ubyte.gz does not match its checksum",
     ):
         fetch.fetch(base_url=url, checksums=checksums)
-    assert list(fetch.user_cache_dir().rglob("*")) == []  # no file, no *.tmp.* folder
+    assert list(fetch.user_cache("fashion-mnist").rglob("*")) == []  # no file, no *.tmp.* folder
 
 
 def test_http_error(server):
@@ -237,7 +237,7 @@ def test_http_error(server):
     (root / LABELS).unlink()
     with pytest.raises(D2LiteError, match=r"labels-idx1-ubyte.gz failed \(HTTP 404: wrong URL\?\)"):
         fetch.fetch(base_url=url, checksums=checksums)
-    assert list(fetch.user_cache_dir().rglob("*")) == []
+    assert list(fetch.user_cache("fashion-mnist").rglob("*")) == []
 
 
 def test_server_down_fails_fast():
