@@ -26,6 +26,7 @@ turns it on when it trains on a CPU. Other devices keep XLA's own.
 import contextlib
 import functools
 import math
+import sys
 import types
 
 import jax
@@ -214,9 +215,10 @@ max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 def cpu_kernels(enabled=True):
     """While active (and `enabled`), Flax's convolutions and pools trace the stand-ins above.
 
-    Flax looks `lax.conv_general_dilated` and `lax.reduce_window` up in its modules when a
-    layer is called, so the stand-ins go there, and only for as long as the Trainer traces
-    its programs.
+    Flax Linen looks `lax.conv_general_dilated` and `lax.reduce_window` up in its modules when
+    a layer is called, so the stand-ins go there, and only for as long as the Trainer traces
+    its programs. An NNX `Conv` takes its convolution as a default argument of its constructor,
+    which the NNX-to-Linen bridge calls inside each trace: when NNX is in use, that default too.
     """
     from flax.linen import linear, pooling
 
@@ -226,7 +228,14 @@ def cpu_kernels(enabled=True):
     originals = linear.lax, pooling.lax
     linear.lax = types.SimpleNamespace(**{**vars(lax), "conv_general_dilated": conv_general_dilated})
     pooling.lax = types.SimpleNamespace(**{**vars(lax), "reduce_window": reduce_window})
+    nnx = sys.modules.get("flax.nnx")
+    nnx_defaults = nnx.Conv.__init__.__kwdefaults__ if nnx else {}
+    nnx_original = nnx_defaults.get("conv_general_dilated")
+    if nnx_original is not None:
+        nnx_defaults["conv_general_dilated"] = conv_general_dilated
     try:
         yield
     finally:
         linear.lax, pooling.lax = originals
+        if nnx_original is not None:
+            nnx_defaults["conv_general_dilated"] = nnx_original

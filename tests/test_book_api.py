@@ -300,6 +300,35 @@ def test_flax_convolutions_trace_the_stand_ins_only_inside_cpu_kernels():
         assert "custom_vjp" not in jaxpr()
 
 
+def test_nnx_convolutions_trace_the_stand_ins_inside_cpu_kernels():
+    """An NNX Conv binds its convolution when it is built, which the NNX-to-Linen bridge (the
+    NNX chapter's way into the Trainer) does inside every trace."""
+    from flax import nnx
+    from flax.nnx import bridge
+
+    from d2lite.cpu_kernels import cpu_kernels
+
+    class Net(nnx.Module):
+        def __init__(self, *, rngs):
+            self.conv = nnx.Conv(32, 4, (3, 3), rngs=rngs)
+
+        def __call__(self, x):
+            return self.conv(x)
+
+    model, x = bridge.ToLinen(Net), jnp.ones((1, 6, 6, 32))
+    variables = model.init(jax.random.PRNGKey(0), x)
+
+    def jaxpr():
+        return str(jax.make_jaxpr(jax.grad(lambda v: model.apply(v, x).sum()))(variables))
+
+    default = nnx.Conv.__init__.__kwdefaults__["conv_general_dilated"]
+    assert "custom_vjp" not in jaxpr()
+    with cpu_kernels():
+        assert "custom_vjp" in jaxpr()
+    assert nnx.Conv.__init__.__kwdefaults__["conv_general_dilated"] is default
+    assert "custom_vjp" not in jaxpr()
+
+
 def test_fashion_mnist_loaders_as_in_the_book():
     data = d2l.FashionMNIST(batch_size=100, resize=(32, 32), num_train=250, num_val=120)
     assert len(data.train[0]) == 250 and data.train[0][0].shape == (28, 28)
