@@ -8,18 +8,20 @@
 #   part 3, issue 12: `make bench`'s ResNet-18 rows (d2lite, a pure step, PyTorch on CUDA).
 #   parts 4 and 5, issue 12 (items 2 and 6): the other chapters' 10 epochs, each cold, for the
 #           compile figure of every chapter and README's results table.
+#   part 6, issue 13: NiN's 10 epochs with the book's PyTorch initialisation (--init xavier), to
+#           compare with part 2's run of Flax's, which once diverged in epoch 7.
 # Every run starts from an empty compilation cache except the warm one, which reuses the
 # cold run's. Results: $OUT/partN.log (wall times, last lines of each run), $OUT/REPORT.md
 # (`make report` of these runs: accuracy, speed, first epoch over a steady one) and
 # $OUT/runs-partN.tar.gz (the run directories without checkpoints, the bench JSON).
 #
-#   bash bench/device_session.sh 1|2|3|4|5
+#   bash bench/device_session.sh 1|2|3|4|5|6
 # On the device: PYTHONPATH is set here; Fashion-MNIST comes from ./.data when it exists.
 # A rehearsal on a CPU, in minutes: D2LITE_FAST_DEV_RUN=2 BENCH_STEPS=2 PYTHON=.venv/bin/python
 set -u
 part=${1:-}
-if ! [[ "$part" =~ ^[1-5]$ ]]; then
-    echo "usage: bash bench/device_session.sh 1|2|3|4|5 (see the comment at its top)" >&2
+if ! [[ "$part" =~ ^[1-6]$ ]]; then
+    echo "usage: bash bench/device_session.sh 1|2|3|4|5|6 (see the comment at its top)" >&2
     exit 2
 fi
 python=${PYTHON:-python3}
@@ -65,6 +67,8 @@ elif [ "$part" = 4 ]; then
     for chapter in lenet batchnorm; do
         run "$chapter" 60 "$chapter" "chapters.$chapter" --out-dir "$root/$chapter"
     done
+elif [ "$part" = 6 ]; then
+    run nin-xavier 200 nin chapters.nin --init xavier --out-dir "$root/nin-xavier"
 elif [ "$part" = 5 ]; then
     for chapter in resnext densenet regnet resnet_nnx; do
         run "$chapter" 120 "$chapter" "chapters.$chapter" --out-dir "$root/$chapter"

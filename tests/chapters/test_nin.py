@@ -2,6 +2,7 @@
 
 Training runs in test_notebooks.py, the chapter as a notebook."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -50,3 +51,13 @@ def test_smallest_input_is_67_pixels():
     assert nin.NiN().layer_summary((1, 67, 67, 1))[-1] == ("global_avg_pool", (1, 10))
     with pytest.raises(d2l.D2LiteError, match="use a larger resize"):
         nin.NiN().layer_summary((1, 66, 66, 1))
+
+
+@pytest.mark.parametrize("init", ["lecun", "xavier"])
+def test_kernel_initialisation(init):
+    # The first convolution, 11x11 over 1 channel into 96: fan in 121, fan out 121 * 96.
+    variables = nin.NiN(weight_init=init).init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 1)))
+    kernel = variables["params"]["net"]["layers_0"]["layers_0"]["kernel"]
+    fan_in, fan_out = 121, 121 * 96
+    expected = (1 / fan_in) ** 0.5 if init == "lecun" else (2 / (fan_in + fan_out)) ** 0.5
+    assert float(jnp.std(kernel)) == pytest.approx(expected, rel=0.05)
