@@ -1,4 +1,5 @@
-"""Seconds per training step of every chapter's model at the book's resolution and batch.
+"""Seconds per training step of every chapter's model at the book's resolution and batch, and
+what that makes a full epoch of the 60,000 training images (validation not included).
 
     python -m bench.chapters [name ...]
 
@@ -53,7 +54,7 @@ def main(names):
     models = chapter_models()
     print(
         f"{'chapter':20} {'params':>11} {'input':>7} {'batch':>5} {'s/step':>7} {'ex/s':>7} "
-        f"{'first epoch s':>13}"
+        f"{'min/epoch':>9} {'first epoch s':>13}"
     )
     for name in names or models:
         model, size, batch, batches = models[name]
@@ -68,7 +69,7 @@ def main(names):
         first = time.perf_counter() - started - trainer.history[-1]["seconds"]
         print(
             f"{name:20} {params:11,} {size:4}x{size:<3} {batch:5} {step:7.4g} {batch / step:7.0f} "
-            f"{first:13.1f}",
+            f"{step * (60000 // batch) / 60:9.3g} {first:13.1f}",
             flush=True,
         )
 
