@@ -231,9 +231,9 @@ def chapter_args(name, title, *, epochs, batch_size, lr, resize, options=None, s
     if options is not None:
         options(parser)
     notebook = in_notebook()
-    args = parser.parse_args([] if notebook else None)
-    if not notebook:
+    if not notebook:  # before parsing: --resume reads the run it names, and may fail
         sys.excepthook = functools.partial(one_line_errors, name)
+    args = parser.parse_args([] if notebook else None)
     if args.distributed:
         start_distributed()
     args.epochs = args.epochs or (2 if args.quick else args.default_epochs)

@@ -231,6 +231,18 @@ def test_a_script_prints_d2lite_errors_in_one_line(capsys):
     assert capsys.readouterr().err == "error: no such thing\n"
 
 
+def test_a_bad_resume_path_is_one_line_in_a_script(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "chapters.softmax_regression", "--resume", str(tmp_path / "nothing")],
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and "is not a run directory" in result.stderr
+
+
 def test_latest_run_is_the_one_checkpointed_last(tmp_path):
     for name, mtime in (("b-older", 1000), ("a-newer", 2000)):
         step = tmp_path / name / "checkpoints" / "8"
