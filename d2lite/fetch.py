@@ -46,9 +46,19 @@ DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 ALL_FILES = FILES["train"] + FILES["test"]
 PROBE_TIMEOUT_S = 10
 HOW_TO_GET_DATA = (
-    "pass data_dir= or set D2LITE_DATA to a folder holding the four Fashion-MNIST .gz files, "
-    "or on Debian/Ubuntu `apt-get install dataset-fashion-mnist`, or run `make data`"
+    "pass --data-dir (data_dir=) or set D2LITE_DATA to a folder holding the four Fashion-MNIST .gz "
+    "files, or on Debian/Ubuntu `apt-get install dataset-fashion-mnist`, or run `make data`"
 )
+
+
+def how_to_get_data(data_dir=None):
+    """What to do when the files are missing: with an explicit folder, only that folder counts."""
+    if data_dir is None:
+        return HOW_TO_GET_DATA
+    return (
+        f"copy the four Fashion-MNIST .gz files into {data_dir} (Debian/Ubuntu's dataset-fashion-mnist "
+        f"has them in {DEBIAN_DIR}), or leave out --data-dir (data_dir=) to use the usual search"
+    )
 
 
 def _candidates(data_dir=None) -> list[tuple[Path, str]]:
@@ -142,11 +152,10 @@ def _probe(url: str) -> None:
     except urllib.error.HTTPError as e:
         e.close()
         if e.code != 405:  # a server that only refuses HEAD may still serve the GET
-            message = f"downloading {url} failed (HTTP {e.code}: wrong URL?); {HOW_TO_GET_DATA}"
-            raise D2LiteError(message) from e
+            raise D2LiteError(f"downloading {url} failed (HTTP {e.code}: wrong URL?)") from e
     except OSError as e:
         reason = getattr(e, "reason", None) or e
-        raise D2LiteError(f"downloading {url} failed ({reason}): no network? {HOW_TO_GET_DATA}") from e
+        raise D2LiteError(f"downloading {url} failed ({reason}; no network?)") from e
 
 
 def _download(dest: Path, base_url: str, checksums: dict) -> None:
@@ -161,8 +170,7 @@ def _download(dest: Path, base_url: str, checksums: dict) -> None:
         dest.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".download.tmp.", dir=dest))
     except OSError as e:
-        fix = "pass data_dir= or set D2LITE_DATA to a writable folder"
-        raise D2LiteError(f"cannot write to {dest} ({e.strerror or e}); {fix}") from e
+        raise D2LiteError(f"cannot write to {dest} ({e.strerror or e})") from e
     urls = {name: base_url.rstrip("/") + "/" + name for name in ALL_FILES}
     try:
         # Every file tfds writes (its `*.tmp.*` folders, `.INFO` files, `extracted/`) stays in
@@ -178,14 +186,10 @@ def _download(dest: Path, base_url: str, checksums: dict) -> None:
                 downloaded[name] = Path(manager.download(url))
             except NonMatchingChecksumError as e:
                 problem = "does not match its checksum (a wrong or tampered mirror?)"
-                raise D2LiteError(
-                    f"{name} downloaded from {url} {problem}; try again later or {HOW_TO_GET_DATA}"
-                ) from e
+                raise D2LiteError(f"{name} downloaded from {url} {problem}; try again later") from e
             except (DownloadError, OSError) as e:  # requests' errors are OSErrors
                 reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise D2LiteError(
-                    f"downloading {url} failed ({reason}): no network? {HOW_TO_GET_DATA}"
-                ) from e
+                raise D2LiteError(f"downloading {url} failed ({reason}; no network?)") from e
         for name, path in downloaded.items():
             os.replace(path, dest / name)  # same file system, so atomic
     finally:
@@ -198,6 +202,9 @@ def fetch(data_dir=None, *, base_url=None, checksums=None) -> tuple[Path, str]:
     for directory, label in candidates:
         if all((directory / name).is_file() for name in ALL_FILES):
             where = f"{label}={directory}" if label.startswith("$") else f"{directory} ({label})"
+            first, first_label = candidates[0]
+            if first_label == "$D2LITE_DATA" and directory != first:  # a typo, or files not copied yet
+                where += f"; $D2LITE_DATA={first} holds no copy"
             return directory, f"found in {where}"
     # The first candidate is data_dir, else $D2LITE_DATA, else the cache: never Debian's.
     dest = candidates[0][0]
@@ -205,11 +212,12 @@ def fetch(data_dir=None, *, base_url=None, checksums=None) -> tuple[Path, str]:
     try:
         _download(dest, base_url, OFFICIAL_CHECKSUMS if checksums is None else checksums)
     except D2LiteError as error:
+        hint = how_to_get_data(data_dir and dest)
         if data_dir is None:
-            raise
+            raise D2LiteError(f"{error}; {hint}") from error
         raise D2LiteError(
             f"data_dir {dest} does not hold the four Fashion-MNIST files and they could not "
-            f"be downloaded there: {error}"
+            f"be downloaded there: {error}; {hint}"
         ) from error
     return dest, f"downloaded from {base_url} to {dest}"
 
@@ -222,7 +230,10 @@ def load(data_dir=None, **fetch_kwargs) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser("python -m d2lite.fetch", description=__doc__.split(".")[0])
-    parser.add_argument("--data-dir", help="folder to look in first (and download into)")
+    parser.add_argument(
+        "--data-dir",
+        help="the only folder to look in (and to download into); without it: $D2LITE_DATA, then the user cache, then Debian's package",
+    )
     args = parser.parse_args(argv)
     try:
         data = load(args.data_dir)

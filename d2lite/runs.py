@@ -189,6 +189,11 @@ def read_config(run_dir):
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
+        if not path.exists() and (Path(run_dir) / CHECKPOINTS).is_dir():  # stopped while compiling
+            raise D2LiteError(
+                f"{run_dir} has no checkpoint to resume from (the run stopped before one was saved): "
+                "start a new run"
+            ) from error
         raise D2LiteError(f"cannot read {path} ({error}): is {run_dir} a run directory?") from error
 
 
@@ -421,13 +426,14 @@ class RunDirectory:
         for name, lines in board.items():
             setattr(trainer.board, name, {label: [tuple(p) for p in line] for label, line in lines.items()})
         write_metrics(self.path, trainer.history)
-        now = time.strftime("%Y-%m-%d %H:%M:%S")
-        self.write_config(resumed={"at": now, "step": step, "epoch": trainer.epoch, "position": position})
         where = f"epoch {trainer.epoch + 1}" + (f", step {position + 1}" if position else "")
-        if trainer.epoch >= trainer.max_epochs:
+        if trainer.epoch >= trainer.max_epochs:  # nothing trains, so the run records no resume
             where = (
                 f"its end: all {trainer.max_epochs} epochs are done (raise max_epochs, --epochs, to go on)"
             )
+        else:
+            now = time.strftime("%Y-%m-%d %H:%M:%S")
+            self.write_config(resumed={"at": now, "step": step, "epoch": trainer.epoch, "position": position})
         print(f"resuming {self.path} from checkpoint {step} at {where}", flush=True)
 
     def close(self):

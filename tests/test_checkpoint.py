@@ -92,8 +92,11 @@ def test_ctrl_c_in_the_middle_of_an_epoch_then_resume_gives_the_uninterrupted_ru
     assert runs.read_metrics(run_dir)[-1]["train_loss"] == pytest.approx(reference.history[-1]["train_loss"])
 
 
-def test_resuming_a_finished_run_with_more_epochs_continues_it(tmp_path, reference, two_epochs):
+def test_resuming_a_finished_run_with_more_epochs_continues_it(tmp_path, reference, two_epochs, capsys):
     run_dir = shutil.copytree(two_epochs, tmp_path / "run")
+    fit(CtrlC(dropout=0.2), max_epochs=2, run_dir=run_dir, resume=True)  # done: trains nothing
+    assert "all 2 epochs are done" in capsys.readouterr().out
+    assert runs.read_config(run_dir)["resumed"] == []  # and records no resume
     resumed = fit(CtrlC(dropout=0.2), max_epochs=EPOCHS, run_dir=run_dir, resume=True)
     assert_same_run(resumed, reference)
     config = runs.read_config(run_dir)

@@ -115,6 +115,11 @@ def test_search_order_and_source(monkeypatch, tmp_path):
     monkeypatch.setenv("D2LITE_DATA", str(env))
     assert fetch.fetch(explicit) == (explicit, f"found in {explicit} (data_dir)")
     assert fetch.fetch() == (env, f"found in $D2LITE_DATA={env}")
+    monkeypatch.setenv("D2LITE_DATA", str(tmp_path / "typo"))
+    assert fetch.fetch() == (
+        cache,
+        f"found in {cache} (user cache); $D2LITE_DATA={tmp_path / 'typo'} holds no copy",
+    )
     monkeypatch.delenv("D2LITE_DATA")
     assert fetch.fetch() == (cache, f"found in {cache} (user cache)")
     (cache / LABELS).unlink()  # an incomplete folder is skipped
@@ -247,7 +252,7 @@ def test_server_down_fails_fast():
     start = time.monotonic()
     with pytest.raises(
         D2LiteError,
-        match=r"failed .*no network\? pass data_dir= or set "
+        match=r"failed \(.*; no network\?\); pass --data-dir \(data_dir=\) or set "
         r"D2LITE_DATA.*apt-get install dataset-fashion-mnist.*make data",
     ):
         fetch.fetch(base_url=f"http://127.0.0.1:{port}/")
@@ -263,10 +268,11 @@ def test_an_explicit_data_dir_without_the_files_is_an_error_not_another_copy(tmp
     with pytest.raises(
         D2LiteError,
         match=f"data_dir {empty} does not hold the four Fashion-MNIST files"
-        r" and they could not be downloaded there: downloading .* failed",
+        r" and they could not be downloaded there: downloading .* failed .*; copy the four "
+        rf"Fashion-MNIST .gz files into {empty} .*or leave out --data-dir",
     ) as error:
         fetch.fetch(empty, base_url=f"http://127.0.0.1:{port}/")
-    assert "\n" not in str(error.value)
+    assert "\n" not in str(error.value) and "D2LITE_DATA" not in str(error.value)
 
 
 def test_real_debian_data():

@@ -243,6 +243,14 @@ def test_a_bad_resume_path_is_one_line_in_a_script(tmp_path):
     assert result.stderr.startswith("error: ") and "is not a run directory" in result.stderr
 
 
+def test_a_run_stopped_before_its_first_checkpoint_has_nothing_to_resume(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)  # what Ctrl-C while compiling leaves
+    with pytest.raises(d2l.D2LiteError, match="run has no checkpoint to resume from .*start a new run"):
+        runs.read_config(tmp_path / "run")  # what a chapter's --resume reads first
+    with pytest.raises(d2l.D2LiteError, match=r"cannot read .*config.json .*is .* a run directory\?"):
+        runs.read_config(tmp_path)
+
+
 def test_latest_run_is_the_one_checkpointed_last(tmp_path):
     for name, mtime in (("b-older", 1000), ("a-newer", 2000)):
         step = tmp_path / name / "checkpoints" / "8"
