@@ -226,8 +226,17 @@ def test_inputs_too_small_for_the_model_are_refused(quiet_trainer):
                 ]
             )
 
-    with pytest.raises(d2l.D2LiteError, match="use a larger resize"):
+    # 14 -> conv 10 -> pool 5 -> conv 1 works; 13 -> 9 -> 4 -> conv 0 does not
+    with pytest.raises(d2l.D2LiteError, match=r"\(32, 8, 8, 1\) .*resize it to at least 14 \(--resize 14\)"):
         quiet_trainer().fit(NeedsBigInputs(), Blobs())
+
+    class NeverRuns(d2l.Classifier):  # no size helps: the error says what broke, suggests no size
+        def __call__(self, X):
+            return X.reshape((X.shape[0], 5))
+
+    with pytest.raises(d2l.D2LiteError, match="cannot reshape .*if the inputs are too small") as error:
+        quiet_trainer().fit(NeverRuns(), Blobs())
+    assert "at least" not in str(error.value)
 
 
 def test_a_nonfinite_loss_stops_training(blobs, quiet_trainer):

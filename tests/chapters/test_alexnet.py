@@ -51,5 +51,7 @@ def test_parameter_count():
 
 def test_smallest_input_is_65_pixels():
     assert alexnet.AlexNet().layer_summary((1, 65, 65, 1))[-8] == ("flatten", (1, 256))
-    with pytest.raises(d2l.D2LiteError, match="use a larger resize"):
+    with pytest.raises(
+        d2l.D2LiteError, match=r"shrink the image to nothing; resize it to at least 65 \(--resize 65\)"
+    ):
         alexnet.AlexNet().layer_summary((1, 64, 64, 1))

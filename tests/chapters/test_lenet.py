@@ -105,7 +105,7 @@ def test_a_script_reports_a_too_small_resize_in_one_line(tmp_path):
     assert done.returncode == 1
     err = done.stderr.strip()
     assert err.startswith("error: LeNet cannot run on inputs of shape (1, 8, 8, 1)")
-    assert "use a larger resize" in err and "\n" not in err
+    assert "resize it to at least 12 (--resize 12)" in err and "\n" not in err
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,7 @@ def test_global_avg_pool_averages_the_whole_map():
 
 def test_smallest_input_is_67_pixels():
     assert nin.NiN().layer_summary((1, 67, 67, 1))[-1] == ("global_avg_pool", (1, 10))
-    with pytest.raises(d2l.D2LiteError, match="use a larger resize"):
+    with pytest.raises(d2l.D2LiteError, match=r"resize it to at least 67 \(--resize 67\)"):
         nin.NiN().layer_summary((1, 66, 66, 1))
 
 
