@@ -56,6 +56,15 @@ def _count(n, noun):
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def _subset(config):
+    """', 4 batches' or ', 1,280 examples' for a run that trained on part of an epoch (--quick, smoke runs)."""
+    batches = config.get("trainer", {}).get("limit_train_batches")
+    examples = config.get("data", {}).get("num_train")
+    if batches:
+        return f", {batches} batch{'' if batches == 1 else 'es'}"
+    return f", {examples:,} examples" if isinstance(examples, int) else ""
+
+
 def _row(run):
     config, history = run["config"], run["history"]
     planned = config.get("trainer", {}).get("max_epochs", "?")
@@ -68,7 +77,7 @@ def _row(run):
         f"`{run['run']}`",
         config.get("model", {}).get("class", "?").rsplit(".", 1)[-1],
         f"{params:,}" if isinstance(params, int) else "?",
-        f"{len(history)}/{planned}" + (f", resumed {resumed}x" if resumed else ""),
+        f"{len(history)}/{planned}" + _subset(config) + (f", resumed {resumed}x" if resumed else ""),
         best,
         final,
         # The median, so that the epochs that also compiled (the first of each session) do
@@ -123,7 +132,8 @@ def write_report(root="runs", out=None):
         "",
         f"{_count(len(found), 'run')} of {_count(len(chapters), 'chapter')} in `{root}/`, collected by "
         f"`make report` (`python -m d2lite.report`) on {stamp}. Accuracies are on the validation "
-        "(test) split; examples/s is the median over epochs of training examples per second; "
+        "(test) split; epochs are done/planned, with the batches or examples an epoch when a run trained "
+        "on part of the data (--quick, smoke runs); examples/s is the median over epochs of training examples per second; "
         "training time counts only time spent training, over all sessions of a resumed run; "
         "first epoch extra s is how much longer the first epoch trained than a steady one "
         "(the median of the others), mostly compilation.",

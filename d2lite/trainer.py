@@ -193,8 +193,8 @@ class Trainer(HyperParameters):
         self.num_train_examples = len(train[-1])
         if batch_size > self.num_train_examples:
             raise D2LiteError(
-                f"batch_size {batch_size} is larger than the {self.num_train_examples} training "
-                f"examples: use a batch_size of at most {self.num_train_examples}"
+                f"batch_size {batch_size} (--batch-size) is larger than the {self.num_train_examples} "
+                f"training examples: use a batch size of at most {self.num_train_examples}"
             )
         self.parallel = DataParallel(self.devices)
         self.parallel.check_batch_size(batch_size)

@@ -60,7 +60,7 @@ def test_report_from_two_runs(tmp_path, capsys):
         best = max(accuracies)
         row = rows[run]
         parameters = sum(p.size for p in jax.tree.leaves(trainer.state.params))
-        assert row[1:4] == ["TinyCNN", f"{parameters:,}", "2/2"]
+        assert row[1:4] == ["TinyCNN", f"{parameters:,}", "2/2, 4 batches"]  # of each epoch
         assert row[4] == f"{best:.3f} (epoch {accuracies.index(best) + 1})"
         assert row[5] == f"{accuracies[-1]:.3f}"
         speeds = sorted(r["examples_per_s"] for r in trainer.history)
@@ -69,7 +69,7 @@ def test_report_from_two_runs(tmp_path, capsys):
         assert row[8] == f"{seconds[0] - seconds[1]:.1f}"  # the first epoch compiled
         assert row[9].startswith("cpu (") and row[9].endswith("cores)")
     assert rows["beta/20250101-130000"][2] == "811"  # no BatchNorm: 8 fewer parameters
-    assert rows["alpha/20250102-090000"][3] == "2/4, resumed 1x"
+    assert rows["alpha/20250102-090000"][3] == "2/4, 4 batches, resumed 1x"
     assert rows["alpha/20250102-090000"][8] == "-"  # a resumed run compiled again in its later sessions
 
 

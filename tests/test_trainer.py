@@ -200,7 +200,9 @@ def test_bad_trainer_settings_are_refused(kwargs, message):
 
 
 def test_batch_size_larger_than_the_data_is_refused(quiet_trainer):
-    with pytest.raises(d2l.D2LiteError, match=r"batch_size 300 is larger than the 256 training"):
+    with pytest.raises(
+        d2l.D2LiteError, match=r"batch_size 300 \(--batch-size\) is larger than the 256 training"
+    ):
         quiet_trainer().fit(TinyCNN(), Blobs(batch_size=300))
 
 
