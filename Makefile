@@ -77,9 +77,9 @@ modern: modern_recipe
 # Every chapter with its defaults: hours on a CPU, minutes on a GPU.
 all: $(CHAPTERS)
 
-# runs/REPORT.md and runs/report.png from every run directory under runs/.
+# runs/REPORT.md and runs/report.png from every run directory under runs/ (ARGS="--runs DIR": another).
 report: install
-	$(PY) -m d2lite.report
+	$(PY) -m d2lite.report $(ARGS)
 
 # Leaves runs/ alone: it holds your checkpoints.
 clean:
