@@ -33,6 +33,16 @@ nn_Module = nn.Module
 BN_MOMENTUM = 0.9
 BatchNorm = partial(nn.BatchNorm, momentum=BN_MOMENTUM)  # spelled as the book's nn.BatchNorm(not training)
 
+# Two names the book's JAX cells call and their libraries have since removed (`jax.tree_map` in
+# 7.2, `optax.additive_weight_decay` in 3.7): put back as their successors, which behave the same.
+# Only added where missing, so nothing that JAX or Optax define is ever replaced.
+for library, removed, successor in (
+    (jax, "tree_map", jax.tree.map),
+    (optax, "additive_weight_decay", optax.add_decayed_weights),
+):
+    if not hasattr(library, removed):
+        setattr(library, removed, successor)
+
 
 def get_seed():
     """A random seed from Python's `random` (the book's `randint(0, 1e6)` fails on Python 3.12)."""

@@ -117,6 +117,17 @@ def test_sgd_steps_against_the_gradient_inside_jit():
     assert isinstance(sgd(), optax.GradientTransformation)
 
 
+def test_the_library_names_the_book_calls_are_back_as_their_successors():
+    # 7.2's kernel learning loop: p - lr * g over a parameter tree
+    params, grads = {"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([10.0, -10.0])}
+    stepped = jax.tree_map(lambda p, g: p - 0.03 * g, params, grads)
+    np.testing.assert_allclose(stepped["w"], [0.7, 2.3])
+    # 3.7's WeightDecay: decay wd * w is added to the gradient before SGD scales it by -lr
+    tx = optax.chain(optax.additive_weight_decay(0.5), optax.sgd(0.1))
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], [-0.1 * (10.0 + 0.5 * 1.0), -0.1 * (-10.0 + 0.5 * 2.0)])
+
+
 def test_linear_regression_scratch_learns_with_the_books_recipe(quiet_trainer):
     data = d2l.SyntheticRegressionData(w=d2l.tensor([2, -3.4]), b=4.2)
     model = d2l.LinearRegressionScratch(2, lr=0.03)
