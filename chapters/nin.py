@@ -27,9 +27,14 @@ from chapters.alexnet import max_pool_3x3_s2
 
 
 # %%
-# Kernel initialisations: Flax's default (the book's JAX code), and the Xavier-uniform one of
-# the book's `init_cnn` in its PyTorch and MXNet code.
-KERNEL_INITS = {"lecun": nn.initializers.lecun_normal(), "xavier": nn.initializers.xavier_uniform()}
+# Kernel initialisations: Flax's default (the book's JAX code), the Xavier-uniform one of the
+# book's `init_cnn` in its PyTorch and MXNet code, and He et al.'s (2015) for ReLU networks,
+# which the book does not use (GoogLeNet needs it to start learning: see its chapter).
+KERNEL_INITS = {
+    "lecun": nn.initializers.lecun_normal(),
+    "xavier": nn.initializers.xavier_uniform(),
+    "he": nn.initializers.he_normal(),
+}
 
 
 def nin_block(out_channels, kernel_size, strides, padding, kernel_init=KERNEL_INITS["lecun"]):
@@ -94,14 +99,14 @@ class NiN(d2l.Classifier):
         )
 
 
-def options(parser):
-    """The chapter's own flag."""
+def init_flag(parser, default="lecun"):
+    """The --init flag of the chapters whose networks take any of KERNEL_INITS."""
     parser.add_argument(
         "--init",
         choices=sorted(KERNEL_INITS),
-        default="lecun",
-        help="kernel initialisation: Flax's default, as the book's JAX code, or the Xavier-uniform "
-        "of the book's init_cnn (its PyTorch and MXNet code)",
+        default=default,
+        help="kernel initialisation: lecun (Flax's default, as the book's JAX code), xavier (the "
+        "book's init_cnn in its PyTorch and MXNet code) or he (for ReLU networks; not the book's)",
     )
 
 
@@ -123,7 +128,7 @@ if __name__ == "__main__":
         lr=0.05,
         resize=224,
         smoke_resize=67,
-        options=options,
+        options=init_flag,
     )
     model = NiN(lr=args.lr, weight_init=args.init)
     model.layer_summary((1, args.resize, args.resize, 1))

@@ -5,6 +5,7 @@ Training runs in test_notebooks.py, the chapter as a notebook."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from chapter_helpers import forward, param_count
 from flax import linen as nn
 
@@ -80,3 +81,19 @@ def test_parameter_count():
     expected += 1024 * 10 + 10
     assert channels == 1024
     assert param_count(googlenet.GoogleNet(), (1, 96, 96, 1)) == expected == 5_977_530
+
+
+def test_he_initialisation_keeps_the_signal_that_the_books_fades():
+    # The first convolution, 7x7 over 1 channel: fan in 49. LeCun's variance is 1/fan-in
+    # (Flax's default, the book's JAX code), He's 2/fan-in.
+    X = jax.random.uniform(jax.random.PRNGKey(1), (16, 8, 8, 1))
+    logits = {}
+    for init, variance in (("lecun", 1 / 49), ("he", 2 / 49)):
+        logits[init], variables = googlenet.GoogleNet(weight_init=init).init_with_output(
+            jax.random.PRNGKey(0), X
+        )
+        kernel = variables["params"]["net"]["layers_0"]["layers_0"]["kernel"]
+        assert float(jnp.std(kernel)) == pytest.approx(variance**0.5, rel=0.05)
+    # Through 22 ReLU layers LeCun's logits all but vanish (every class scores the same: loss
+    # ln 10); He's stay over 30 times larger.
+    assert float(jnp.std(logits["he"])) > 30 * float(jnp.std(logits["lecun"]))
