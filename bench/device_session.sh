@@ -2,14 +2,16 @@
 # The GPU figures the open issues still need, as prepared calls of under 10 minutes each for
 # a session that is lent a device machine (DEVELOPERS.md; one `run` per part, most needed first):
 #   part 1, issues 12 and 13: ResNet-18 cold in float32 (the default) and bfloat16, warm (the
-#           cache), GoogLeNet's 10 epochs under the default dispatch, and 2 epochs in loops of
+#           cache), GoogLeNet's 10 epochs (He kernels, the chapter's default) under the default
+#           dispatch, and 2 epochs in loops of
 #           26 steps (one program), to see whether a loop itself compiles slowly on a GPU.
 #   part 2, issues 15 and 13: the modern recipe, 3 seeds, each cold; NiN's 10 epochs.
 #   part 3, issue 12: `make bench`'s ResNet-18 rows (d2lite, a pure step, PyTorch on CUDA).
 #   parts 4 and 5, issue 12 (items 2 and 6): the other chapters' 10 epochs, each cold, for the
 #           compile figure of every chapter and README's results table.
 #   part 6, issue 13: NiN's 10 epochs with the book's PyTorch initialisation (--init xavier), to
-#           compare with part 2's run of Flax's, which once diverged in epoch 7.
+#           compare with part 2's run of Flax's, which once diverged in epoch 7; GoogLeNet's 10
+#           epochs with the book's JAX initialisation (--init lecun), to compare with part 1's He.
 # Every run starts from an empty compilation cache except the warm one, which reuses the
 # cold run's. Results: $OUT/partN.log (wall times, last lines of each run), $OUT/REPORT.md
 # (`make report` of these runs: accuracy, speed, first epoch over a steady one) and
@@ -69,6 +71,7 @@ elif [ "$part" = 4 ]; then
     done
 elif [ "$part" = 6 ]; then
     run nin-xavier 200 nin chapters.nin --init xavier --out-dir "$root/nin-xavier"
+    run googlenet-lecun 150 googlenet chapters.googlenet --init lecun --out-dir "$root/googlenet-lecun"
 elif [ "$part" = 5 ]; then
     for chapter in resnext densenet regnet resnet_nnx; do
         run "$chapter" 120 "$chapter" "chapters.$chapter" --out-dir "$root/$chapter"
