@@ -3,8 +3,8 @@
 # a session that is lent a device machine (DEVELOPERS.md; one `run` per part, most needed first):
 #   part 1, issues 12 and 13: ResNet-18 cold in float32 (the default) and bfloat16, warm (the
 #           cache), GoogLeNet's 10 epochs (He kernels, the chapter's default) under the default
-#           dispatch, and 2 epochs in loops of
-#           26 steps (one program), to see whether a loop itself compiles slowly on a GPU.
+#           dispatch, and 2 epochs in loops of 26 steps (one program), to see whether a loop
+#           itself compiles slowly on a GPU.
 #   part 2, issues 15 and 13: the modern recipe, 3 seeds, each cold; NiN's 10 epochs.
 #   part 3, issue 12: `make bench`'s ResNet-18 rows (d2lite, a pure step, PyTorch on CUDA).
 #   parts 4 and 5, issue 12 (items 2 and 6): the other chapters' 10 epochs, each cold, for the
