@@ -232,7 +232,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser("python -m d2lite.fetch", description=__doc__.split(".")[0])
     parser.add_argument(
         "--data-dir",
-        help="the only folder to look in (and to download into); without it: $D2LITE_DATA, then the user cache, then Debian's package",
+        help="the only folder to look in (and to download into); without it: $D2LITE_DATA, "
+        "then the user cache, then Debian's package",
     )
     args = parser.parse_args(argv)
     try:

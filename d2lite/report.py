@@ -57,7 +57,7 @@ def _count(n, noun):
 
 
 def _subset(config):
-    """', 4 batches' or ', 1,280 examples' for a run that trained on part of an epoch (--quick, smoke runs)."""
+    """', 4 batches' or ', 1,280 examples' for a run trained on part of the data (--quick, smoke runs)."""
     batches = config.get("trainer", {}).get("limit_train_batches")
     examples = config.get("data", {}).get("num_train")
     if batches:
@@ -133,7 +133,8 @@ def write_report(root="runs", out=None):
         f"{_count(len(found), 'run')} of {_count(len(chapters), 'chapter')} in `{root}/`, collected by "
         f"`make report` (`python -m d2lite.report`) on {stamp}. Accuracies are on the validation "
         "(test) split; epochs are done/planned, with the batches or examples an epoch when a run trained "
-        "on part of the data (--quick, smoke runs); examples/s is the median over epochs of training examples per second; "
+        "on part of the data (--quick, smoke runs); examples/s is the median over epochs of training "
+        "examples per second; "
         "training time counts only time spent training, over all sessions of a resumed run; "
         "first epoch extra s is how much longer the first epoch trained than a steady one "
         "(the median of the others), mostly compilation.",
