@@ -8,6 +8,7 @@ writable choice of the same list), using tensorflow-datasets' TensorFlow-free do
 """
 
 import argparse
+import contextlib
 import gzip
 import math
 import os
@@ -166,6 +167,7 @@ def _download(dest: Path, base_url: str, checksums: dict) -> None:
     from tensorflow_datasets.core.download.util import DownloadError
     from tensorflow_datasets.core.units import Size
 
+    created = not dest.exists()
     try:
         dest.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".download.tmp.", dir=dest))
@@ -194,6 +196,9 @@ def _download(dest: Path, base_url: str, checksums: dict) -> None:
             os.replace(path, dest / name)  # same file system, so atomic
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created:  # a failed download leaves no empty folder behind; a full one stays
+            with contextlib.suppress(OSError):
+                dest.rmdir()
 
 
 def fetch(data_dir=None, *, base_url=None, checksums=None) -> tuple[Path, str]:

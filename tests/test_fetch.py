@@ -273,6 +273,7 @@ def test_an_explicit_data_dir_without_the_files_is_an_error_not_another_copy(tmp
     ) as error:
         fetch.fetch(empty, base_url=f"http://127.0.0.1:{port}/")
     assert "\n" not in str(error.value) and "D2LITE_DATA" not in str(error.value)
+    assert not empty.exists()  # the failed download took back the folder it made
 
 
 def test_real_debian_data():
