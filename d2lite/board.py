@@ -126,19 +126,25 @@ class ProgressBoard:
             self.axes = self.fig.axes[0] if self.fig.axes else self.fig.add_subplot()
         self.fig = self.axes.figure
         ax = self.axes
-        new_label = False
+        stale_legend = False
         for label in self.data:  # dict order = order first seen, so styles are stable
             if label not in self._lines:
                 i = len(self._lines)
                 style = dict(linestyle=self.ls[i % len(self.ls)], color=self.colors[i % len(self.colors)])
                 (self._lines[label],) = ax.plot([], [], label=label, **style)
                 self._dirty.add(label)
-                new_label = True
+                stale_legend = True
         for label in self._dirty:
             xs, ys = zip(*self.data[label], strict=True) if self.data[label] else ((), ())
-            self._lines[label].set_data(xs, ys)
+            line = self._lines[label]
+            line.set_data(xs, ys)
+            # A line of one point draws nothing: a first epoch's validation points need a marker.
+            one_point = len(xs) == 1
+            if one_point != (line.get_marker() == "o"):
+                line.set_marker("o" if one_point else "")
+                stale_legend = True  # the legend copied the line's old style
         self._dirty.clear()
-        if new_label:
+        if stale_legend:
             ax.legend()
         # Read settings now rather than in __init__: the Trainer sets `xlim` afterwards.
         ax.set_xscale(self.xscale)

@@ -71,6 +71,19 @@ def test_points_drawn_while_held_make_one_picture_at_the_end(tmp_path):
     assert [len(line.get_xdata()) for line in board.axes.get_lines()] == [3, 1]
 
 
+def test_a_curve_of_one_point_is_marked_until_it_has_two(tmp_path):
+    board = ProgressBoard(save_dir=tmp_path)
+    board.draw(1, 0.5, "val_acc")  # a line through one point would draw nothing
+    (line,) = board.axes.get_lines()
+    assert line.get_marker() == "o"
+    (in_legend,) = board.axes.get_legend().get_lines()
+    assert in_legend.get_marker() == "o"
+    board.draw(2, 0.6, "val_acc")
+    assert line.get_marker() in ("", "None")
+    (in_legend,) = board.axes.get_legend().get_lines()
+    assert in_legend.get_marker() in ("", "None")
+
+
 def test_one_styled_line_per_label_with_legend(tmp_path):
     board = ProgressBoard(save_dir=tmp_path)
     labels = ["train_loss", "val_loss", "val_acc"]
