@@ -149,7 +149,8 @@ if __name__ == "__main__":
 # large step that silences a class's channel everywhere leaves that class a constant score and
 # no gradient to recover with. `--init xavier` trains with the Xavier-uniform kernels of the
 # book's PyTorch code (its `init_cnn`); whether either initialisation reaches 0.85 stably in
-# ten epochs is still to be measured on a GPU.
+# ten epochs is still to be measured on a GPU. On a 2-core CPU the first epoch with Flax's
+# kernels took 68 minutes and ended at validation accuracy 0.202 (loss 2.287): a slow start.
 
 
 # %%
