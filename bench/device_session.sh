@@ -9,9 +9,10 @@
 #   part 3, issue 12: `make bench`'s ResNet-18 rows (d2lite, a pure step, PyTorch on CUDA).
 #   parts 4 and 5, issue 12 (items 2 and 6): the other chapters' 10 epochs, each cold, for the
 #           compile figure of every chapter and README's results table.
-#   part 6, issue 13: NiN's 10 epochs with the book's PyTorch initialisation (--init xavier), to
-#           compare with part 2's run of Flax's, which once diverged in epoch 7; GoogLeNet's 10
-#           epochs with the book's JAX initialisation (--init lecun), to compare with part 1's He.
+#   part 6, issue 13: NiN's 10 epochs with the book's PyTorch initialisation (--init xavier) and
+#           with He's, to compare with part 2's run of Flax's, which once diverged in epoch 7;
+#           GoogLeNet's 10 epochs with the book's JAX initialisation (--init lecun), to compare
+#           with part 1's He.
 # Every run starts from an empty compilation cache except the warm one, which reuses the
 # cold run's. Results: $OUT/partN.log (wall times, last lines of each run), $OUT/REPORT.md
 # (`make report` of these runs: accuracy, speed, first epoch over a steady one) and
@@ -71,6 +72,7 @@ elif [ "$part" = 4 ]; then
     done
 elif [ "$part" = 6 ]; then
     run nin-xavier 200 nin chapters.nin --init xavier --out-dir "$root/nin-xavier"
+    run nin-he 200 nin-he chapters.nin --init he --out-dir "$root/nin-he"
     run googlenet-lecun 150 googlenet chapters.googlenet --init lecun --out-dir "$root/googlenet-lecun"
 elif [ "$part" = 5 ]; then
     for chapter in resnext densenet regnet resnet_nnx; do
