@@ -19,12 +19,12 @@ $(INSTALLED): pyproject.toml
 # Fashion-MNIST: a local copy, else the official download, else (Debian/Ubuntu, as root)
 # the package dataset-fashion-mnist. Prints where the data came from.
 data: install
-	@$(PY) -m d2lite.fetch 2>/dev/null || { \
+	@$(PY) -m d2lite.download.fetch 2>/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "no local copy and no download: installing Debian's dataset-fashion-mnist"; \
 	    { apt-get install -y -qq dataset-fashion-mnist || { apt-get update -qq && \
-	      apt-get install -y -qq dataset-fashion-mnist; }; } >/dev/null && $(PY) -m d2lite.fetch; \
-	  else $(PY) -m d2lite.fetch; fi; }
+	      apt-get install -y -qq dataset-fashion-mnist; }; } >/dev/null && $(PY) -m d2lite.download.fetch; \
+	  else $(PY) -m d2lite.download.fetch; fi; }
 
 # One pytest worker per CPU core: most of the suite's time is XLA compiling, one program at a time.
 test: install data
@@ -79,7 +79,7 @@ all: $(CHAPTERS)
 
 # runs/REPORT.md and runs/report.png from every run directory under runs/ (ARGS="--runs DIR": another).
 report: install
-	$(PY) -m d2lite.report $(ARGS)
+	$(PY) -m d2lite.runs.report $(ARGS)
 
 # Leaves runs/ alone: it holds your checkpoints.
 clean:

@@ -52,7 +52,7 @@ def host_batches(size, steps, seed=0):
     """`steps` random batches of real Fashion-MNIST images (uint8) and labels."""
     import numpy as np
 
-    from d2lite import fetch
+    from d2lite.download import fetch
 
     images, labels = fetch.load()["train"]
     rng = np.random.default_rng(seed)
@@ -67,6 +67,7 @@ def run_pure(name, size, steps):
     import optax
 
     import d2lite as d2l
+    from tests.compiles import count_compiles
 
     model = flax_model(name)
     data = d2l.FashionMNIST(resize=(size, size))
@@ -92,7 +93,7 @@ def run_pure(name, size, steps):
         return optax.apply_updates(params, changes), new_stats, opt_state, loss
 
     step = jax.jit(step, donate_argnums=(0, 1, 2))
-    with d2l.count_compiles() as compiles:
+    with count_compiles() as compiles:
         params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state, X, y)
         loss.block_until_ready()
     times = []
@@ -111,13 +112,14 @@ def run_pure(name, size, steps):
 
 def run_d2lite(name, size, steps, steps_per_dispatch, precision="float32"):
     import d2lite as d2l
+    from tests.compiles import count_compiles
 
     data = d2l.FashionMNIST(batch_size=BATCH, resize=(size, size), num_train=BATCH * steps, num_val=BATCH)
     compiles_per_epoch = []
 
     class Counting(d2l.Trainer):
         def fit_epoch(self):
-            with d2l.count_compiles() as compiles:
+            with count_compiles() as compiles:
                 super().fit_epoch()
             compiles_per_epoch.append(compiles)
 
@@ -141,7 +143,7 @@ def run_book(name, size, steps):
     import numpy as np
     import optax
 
-    import d2lite as d2l
+    from tests.compiles import count_compiles
 
     model = flax_model(name)
     batches = host_batches(size, steps + 2)
@@ -172,7 +174,7 @@ def run_book(name, size, steps):
         return X
 
     times, plotted = [], []
-    with d2l.count_compiles() as compiles:
+    with count_compiles() as compiles:
         for i, (images, labels) in enumerate(batches):
             start = time.perf_counter()
             X = host_resize(images)

@@ -85,7 +85,7 @@ else
     done
     run nin 200 nin chapters.nin --out-dir "$root/nin"
 fi
-"$python" -m d2lite.report --runs "$root" --out "$out/REPORT.md" >/dev/null 2>>"$log"
+"$python" -m d2lite.runs.report --runs "$root" --out "$out/REPORT.md" >/dev/null 2>>"$log"
 tar czf "$out/runs-part$part.tar.gz" --exclude=checkpoints "$root"
 rm -rf "$caches"
 echo "done: $log, $out/REPORT.md, $out/runs-part$part.tar.gz" | tee -a "$log"

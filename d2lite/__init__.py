@@ -10,12 +10,12 @@ from .board import ProgressBoard, ProgressLine, plot, set_axes, set_figsize, sho
 from .book import *  # noqa: F403 (the book's models, optimizer, devices and tensor aliases)
 from .cli import chapter_args
 from .data import DataModule, FashionMNIST, SyntheticRegressionData
+from .devices.compile_cache import enable_compile_cache
 from .errors import D2LiteError
 from .hparams import HyperParameters, add_to_class
 from .module import Classifier, Module
-from .predictions import plot_predictions
+from .runs.predictions import plot_predictions
 from .trainer import Trainer, TrainingInterrupted, TrainState
-from .utils import count_compiles, enable_compile_cache
 
 enable_compile_cache()  # importing compiles nothing; the cache must be set before anything does
 
@@ -36,6 +36,6 @@ cos cosh tanh linspace exp log tensor expand_dims matmul int32 int64 float32 con
 reduce_sum argmax astype reduce_mean swapaxes repeat""".split()
 __all__ = (
     BOOK
-    + """D2LiteError ProgressLine TrainState TrainingInterrupted chapter_args count_compiles
+    + """D2LiteError ProgressLine TrainState TrainingInterrupted chapter_args
 plot_predictions""".split()
 )

@@ -8,14 +8,14 @@ The board and the Trainer never touch pyplot: scripts open no windows.
 import contextlib
 import io
 import math
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-
-from .runs import write_atomic
 
 
 def in_notebook():
@@ -29,6 +29,24 @@ def in_notebook():
         return False
     shell = get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def write_atomic(path, content):
+    """Replace `path` with `content` so that a reader or a crash never sees half a file.
+
+    `content` is text, or a function that writes the file given a binary file object.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the results from other users
+        with os.fdopen(fd, "wb") as f:
+            content(f) if callable(content) else f.write(content.encode())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 class ProgressBoard:

@@ -146,7 +146,7 @@ class FashionMNIST(DataModule):
 
     def _load(self):
         if self._splits is None:
-            from . import fetch
+            from .download import fetch
 
             loaded = fetch.load(self.data_dir)
             self.source = loaded["source"]

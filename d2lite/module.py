@@ -23,7 +23,6 @@ from flax import linen as nn
 from .board import ProgressBoard
 from .errors import D2LiteError, first_line
 from .hparams import HyperParameters
-from .recipe import smoothed_cross_entropy
 
 _recorders = []  # one {(key, train): value} per step being traced, innermost last
 
@@ -244,3 +243,11 @@ def layer_name(layer):
         return type(layer).__name__
     name = getattr(layer, "__name__", type(layer).__name__)
     return "lambda" if name == "<lambda>" else name
+
+
+def smoothed_cross_entropy(logits, labels, smoothing):
+    """Cross-entropy per example against labels smoothed by `smoothing` (0: the usual one)."""
+    if not smoothing:
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
+    return optax.softmax_cross_entropy(logits, targets)

@@ -43,15 +43,15 @@ from jax import lax
 
 from . import book
 from .board import ProgressLine
-from .cpu_kernels import cpu_kernels
+from .devices.cpu_kernels import cpu_kernels
+from .devices.init_key import init_key
+from .devices.precision import compute_dtype, compute_in
+from .devices.sharding import DataParallel, to_host
 from .errors import D2LiteError, first_line
 from .hparams import HyperParameters
 from .module import Classifier, for_evaluation, input_error, recording_plots
-from .precision import compute_dtype, compute_in
 from .recipe import Recipe
-from .runs import RunDirectory
-from .sharding import DataParallel, to_host
-from .utils import init_key
+from .runs.directory import RunDirectory
 
 # Off CPU, a step lighter than LIGHT_STEP_FLOPS runs up to AUTO_STEPS_PER_DISPATCH to a call
 # (see `Trainer.auto_dispatch_steps`).

@@ -9,6 +9,7 @@ import sys
 
 import jax
 import numpy as np
+from compiles import count_compiles
 from conftest import Blobs, TinyCNN
 
 import d2lite as d2l
@@ -22,7 +23,7 @@ def fit(devices, steps_per_dispatch=1):
     fit_epoch = trainer.fit_epoch
 
     def counted():
-        with d2l.count_compiles() as count:
+        with count_compiles() as count:
             fit_epoch()
         compiles.append(count.count)
 

@@ -223,7 +223,7 @@ def test_cpu_kernels_give_xla_convolutions_outputs_and_gradients(kernel, strides
     """The stand-ins (kernel gradients as matrix products, one-channel convolutions as shifted
     multiply-adds, grouped convolutions as dense ones) compute what XLA's convolutions compute;
     the groups are real groups."""
-    from d2lite.cpu_kernels import conv_general_dilated
+    from d2lite.devices.cpu_kernels import conv_general_dilated
 
     rng = np.random.default_rng(0)  # drawn by NumPy: no RNG program to compile
     lhs = jnp.asarray(rng.normal(size=(2, 9, 9, kernel[2] * groups)), jnp.float32)
@@ -263,7 +263,7 @@ def test_cpu_max_pools_give_xla_max_pools_outputs_and_gradients(window, strides,
     """The max pool stand-in computes XLA's values and sends each window's gradient to its
     first maximum, as XLA does, also where ReLU zeros tie; it replaces XLA's pool inside
     `cpu_kernels()`."""
-    from d2lite.cpu_kernels import cpu_kernels
+    from d2lite.devices.cpu_kernels import cpu_kernels
 
     rng = np.random.default_rng(0)
     X = jnp.asarray(np.maximum(rng.normal(size=(2, 9, 8, 3)), 0).round(1), jnp.float32)  # many ties
@@ -290,7 +290,7 @@ def test_cpu_max_pools_give_xla_max_pools_outputs_and_gradients(window, strides,
 def test_flax_convolutions_trace_the_stand_ins_only_inside_cpu_kernels():
     from flax.linen import linear
 
-    from d2lite.cpu_kernels import cpu_kernels
+    from d2lite.devices.cpu_kernels import cpu_kernels
 
     conv = nn.Conv(4, (3, 3))
     x = jnp.ones((1, 6, 6, 32))
@@ -317,7 +317,7 @@ def test_nnx_convolutions_trace_the_stand_ins_inside_cpu_kernels():
     from flax import nnx
     from flax.nnx import bridge
 
-    from d2lite.cpu_kernels import cpu_kernels
+    from d2lite.devices.cpu_kernels import cpu_kernels
 
     class Net(nnx.Module):
         def __init__(self, *, rngs):

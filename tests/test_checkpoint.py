@@ -18,8 +18,8 @@ from conftest import Blobs, TinyCNN
 from flax import linen as nn
 
 import d2lite as d2l
-from d2lite import runs
-from d2lite.checkpoint import Checkpoints
+from d2lite.runs import directory as runs
+from d2lite.runs.checkpoint import Checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3  # Blobs: 8 steps per epoch, so checkpoints at steps 8, 16, 24

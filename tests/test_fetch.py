@@ -1,4 +1,4 @@
-"""d2lite.fetch: search order, IDX validation, download through a loopback server, real data."""
+"""d2lite.download.fetch: search order, IDX validation, download through a loopback server, real data."""
 
 import functools
 import gzip
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from d2lite import fetch
+from d2lite.download import fetch
 from d2lite.errors import D2LiteError
 
 REAL_DEBIAN_DIR = fetch.DEBIAN_DIR  # captured before the autouse fixture hides it
@@ -290,7 +290,7 @@ def test_cli_reports_one_line(tmp_path):
     make_dataset(tmp_path / "bad")
     (tmp_path / "bad" / IMAGES).write_bytes(b"not gzip at all")
     result = subprocess.run(
-        [sys.executable, "-m", "d2lite.fetch", "--data-dir", str(tmp_path / "bad")],
+        [sys.executable, "-m", "d2lite.download.fetch", "--data-dir", str(tmp_path / "bad")],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -8,7 +8,7 @@ import pytest
 from conftest import TinyCNN
 
 import d2lite as d2l
-from d2lite.precision import cast_floating, compute_in
+from d2lite.devices.precision import cast_floating, compute_in
 
 
 def test_only_floating_arrays_are_cast():

@@ -6,7 +6,8 @@ import jax
 from conftest import Blobs, TinyCNN
 
 import d2lite as d2l
-from d2lite import report, runs
+from d2lite.runs import directory as runs
+from d2lite.runs import report
 
 
 def tiny_run(run_dir, chapter, **model):

@@ -11,12 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from compiles import count_compiles
 from conftest import Blobs, TinyCNN, run_chapter
 
 import d2lite as d2l
-from d2lite import runs
 from d2lite.cli import one_line_errors
-from d2lite.predictions import predict_validation
+from d2lite.runs import directory as runs
+from d2lite.runs.predictions import predict_validation
 
 COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_acc", "examples_per_s", "seconds", "wall_time"]
 
@@ -29,7 +30,7 @@ class CountingTrainer(d2l.Trainer):
         if self.epoch > 0:
             self.compiles.__exit__(None, None, None)
             self.compiles_per_epoch.append(self.counter.count)
-        self.compiles = d2l.count_compiles()
+        self.compiles = count_compiles()
         self.counter = self.compiles.__enter__()
         super().fit_epoch()
 

@@ -5,10 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from compiles import count_compiles
 from conftest import Blobs, TinyCNN
 from flax import linen as nn
 
 import d2lite as d2l
+from d2lite.devices.init_key import init_key
 
 
 def test_loss_falls_and_history_is_recorded(blobs, quiet_trainer):
@@ -159,7 +161,7 @@ def test_validation_counts_every_example_exactly_once(quiet_trainer):
 def test_no_compilation_after_the_first_epoch(blobs, tmp_path):
     class CountingTrainer(d2l.Trainer):
         def fit_epoch(self):
-            with d2l.count_compiles() as compiles:
+            with count_compiles() as compiles:
                 super().fit_epoch()  # includes the evaluation in eval mode
             self.compiles_per_epoch.append(compiles.count)
 
@@ -312,7 +314,7 @@ def test_initial_parameters_are_independent_draws_that_compile_without_threefry(
             return nn.Dense(256, bias_init=nn.initializers.uniform(1.0))(nn.Dense(256)(x))
 
     def init(key):
-        return TwoLayers().init({"params": d2l.utils.init_key(key)}, jnp.ones((1, 256)))["params"]
+        return TwoLayers().init({"params": init_key(key)}, jnp.ones((1, 256)))["params"]
 
     params = jax.jit(init)(jax.random.PRNGKey(3))
     first, second = (np.asarray(params[f"Dense_{i}"]["kernel"]).ravel() for i in (0, 1))
@@ -336,7 +338,7 @@ def test_a_fit_draws_its_initial_parameters_with_the_init_key(blobs, quiet_train
 
     def recorded(key):
         keys.append(key)
-        return d2l.utils.init_key(key)
+        return init_key(key)
 
     monkeypatch.setattr(d2l.trainer, "init_key", recorded)
     quiet_trainer(max_epochs=1).fit(TinyCNN(), blobs)

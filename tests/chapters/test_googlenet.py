@@ -10,7 +10,7 @@ from chapter_helpers import forward, param_count
 from flax import linen as nn
 
 from chapters import googlenet
-from d2lite.utils import init_key
+from d2lite.devices.init_key import init_key
 
 # (c1, c2, c3, c4) of the nine Inception blocks of b3, b4 and b5, as in D2L 8.4
 INCEPTIONS = [

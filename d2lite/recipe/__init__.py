@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .errors import D2LiteError
+from ..errors import D2LiteError
+from ..module import smoothed_cross_entropy  # noqa: F401 (the recipe's loss lives with the Classifier's)
 
 SCHEDULES = ("cosine", "onecycle")
 ONECYCLE_RISE = 0.3  # of the steps, when no warmup_epochs is given
@@ -178,11 +179,3 @@ def random_rectangles(key, batch, height, width, probability, area=(0.02, 0.25),
     inside_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])
     chosen = jax.random.bernoulli(keys[4], probability, (batch,))
     return inside_rows[:, :, None] & inside_cols[:, None, :] & chosen[:, None, None]
-
-
-def smoothed_cross_entropy(logits, labels, smoothing):
-    """Cross-entropy per example against labels smoothed by `smoothing` (0: the usual one)."""
-    if not smoothing:
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), smoothing)
-    return optax.softmax_cross_entropy(logits, targets)

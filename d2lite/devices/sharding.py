@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
-from .errors import D2LiteError
+from ..errors import D2LiteError
 
 
 class DataParallel:

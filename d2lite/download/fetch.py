@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import D2LiteError
-from .utils import user_cache
+from ..devices.compile_cache import user_cache
+from ..errors import D2LiteError
 
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),

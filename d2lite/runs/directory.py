@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,8 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from .errors import D2LiteError, first_line
-from .recipe import Recipe
+from ..board import write_atomic
+from ..errors import D2LiteError, first_line
+from ..recipe import Recipe
 
 CONFIG, METRICS, CHECKPOINTS = "config.json", "metrics.csv", "checkpoints"
 # What a checkpoint's meta must hold for fit to continue from it (checkpoints of d2lite 0.1 on).
@@ -162,24 +162,6 @@ def mismatches(saved, current):
 
 
 # ----------------------------------------------------------------------------- the files
-def write_atomic(path, content):
-    """Replace `path` with `content` so that a reader or a crash never sees half a file.
-
-    `content` is text, or a function that writes the file given a binary file object.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the results from other users
-        with os.fdopen(fd, "wb") as f:
-            content(f) if callable(content) else f.write(content.encode())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_config(run_dir, config):
     write_atomic(Path(run_dir) / CONFIG, json.dumps(config, indent=2) + "\n")
 

@@ -11,9 +11,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from . import runs
-from .board import _hms
-from .errors import D2LiteError
+from . import directory as runs
+from ..board import _hms
+from ..errors import D2LiteError
 
 
 def collect(root):

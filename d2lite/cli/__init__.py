@@ -7,12 +7,12 @@ import os
 import sys
 from pathlib import Path
 
-from . import runs
-from .board import in_notebook
-from .errors import D2LiteError, first_line
-from .precision import PRECISIONS
-from .recipe import SCHEDULES, Recipe
-from .trainer import fast_dev_run
+from ..board import in_notebook
+from ..devices.precision import PRECISIONS
+from ..errors import D2LiteError, first_line
+from ..recipe import SCHEDULES, Recipe
+from ..runs import directory as runs
+from ..trainer import fast_dev_run
 
 QUICK_BATCHES = 10  # training batches per epoch in --quick mode (2 validation batches)
 RUNS = "runs"  # where the chapters' runs go: runs/<chapter>/<date>-<time>/

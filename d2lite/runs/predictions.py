@@ -11,9 +11,9 @@ import jax
 import numpy as np
 from jax import lax
 
-from .board import show_images
-from .cpu_kernels import cpu_kernels
-from .errors import D2LiteError
+from ..board import show_images
+from ..devices.cpu_kernels import cpu_kernels
+from ..errors import D2LiteError
 
 
 def predict_validation(trainer, max_examples=2048):

@@ -21,7 +21,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from .errors import D2LiteError, first_line
+from ..board import write_atomic
+from ..errors import D2LiteError, first_line
 
 CHECKSUMS = "d2lite-sha256.json"
 
@@ -61,8 +62,6 @@ class Checkpoints:
         )
         self._manager.wait_until_finished()
         if saved:  # written atomically; a checkpoint killed before this just goes unchecked
-            from .runs import write_atomic
-
             write_atomic(self.path(step) / CHECKSUMS, json.dumps(_file_hashes(self.path(step)), indent=0))
             self._verified.add(step)
         return saved

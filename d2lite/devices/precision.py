@@ -11,7 +11,7 @@ unlike float16 it needs no loss scaling.
 import jax
 import jax.numpy as jnp
 
-from .errors import D2LiteError
+from ..errors import D2LiteError
 
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -1,0 +1,1 @@
+"""Finding or downloading the Fashion-MNIST files."""
