@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import TinyCNN
+from flax import linen as nn
 
 import d2lite as d2l
 from d2lite.devices.precision import cast_floating, compute_in
@@ -58,6 +59,50 @@ def test_trainer_in_bfloat16_learns_with_float32_state(blobs, quiet_trainer):
     assert half.history[-1]["train_loss"] < 0.8 * half.history[0]["train_loss"]
     assert half.history[-1]["val_loss"] == pytest.approx(full.history[-1]["val_loss"], rel=0.1)
     assert half.history[-1]["val_acc"] == pytest.approx(full.history[-1]["val_acc"], abs=0.05)
+
+
+CONV_DTYPES = []  # what ConvDtypes saw each time it was traced, outside initialisation
+
+
+class ConvDtypes(TinyCNN):
+    """TinyCNN as one convolution, BatchNorm and a dense layer that records, whenever a forward
+    pass is traced, (training, the convolution's input, kernel and output dtypes)."""
+
+    def setup(self):
+        self.conv = nn.Conv(4, (3, 3))
+        self.bn = nn.BatchNorm(use_running_average=not self.training)
+        self.dense = nn.Dense(self.num_classes)
+
+    def forward(self, X):
+        Y = self.conv(X)
+        if not self.is_initializing():
+            kernel = self.conv.variables["params"]["kernel"]
+            CONV_DTYPES.append((self.training, *(str(a.dtype) for a in (X, kernel, Y))))
+        Y = nn.relu(self.bn(Y))
+        return self.dense(Y.reshape((Y.shape[0], -1)))
+
+
+def test_a_bfloat16_fit_convolves_in_bfloat16_and_trains_otherwise_than_float32(blobs, quiet_trainer):
+    def fit(precision):
+        CONV_DTYPES.clear()
+        trainer = quiet_trainer(max_epochs=2, precision=precision)
+        trainer.fit(ConvDtypes(), blobs)
+        return trainer, set(CONV_DTYPES)
+
+    full, traced_full = fit("float32")
+    half, traced_half = fit("bfloat16")
+    f32, bf16 = ("float32",) * 3, ("bfloat16",) * 3
+    assert traced_full == {(True, *f32), (False, *f32)}  # training and validation
+    assert {seen for seen in traced_half if seen[0]} == {(True, *bf16)}  # every training step
+    assert (False, *bf16) in traced_half  # and validation
+
+    for trainer in (full, half):  # both keep float32 state
+        leaves = jax.tree.leaves((trainer.state.params, trainer.state.opt_state, trainer.state.batch_stats))
+        assert {leaf.dtype for leaf in leaves} == {jnp.dtype("float32")}
+    losses = [[record["train_loss"] for record in t.history] for t in (full, half)]
+    assert len(losses[0]) == len(losses[1]) == 2
+    assert all(a != b for a, b in zip(*losses, strict=True)), losses  # the same seed, other numbers
+    assert losses[1] == pytest.approx(losses[0], rel=0.1)  # yet the same training
 
 
 def test_unknown_precisions_are_refused():
