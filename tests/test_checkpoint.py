@@ -12,6 +12,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 from conftest import Blobs, TinyCNN
@@ -38,6 +39,13 @@ class CtrlC(TinyCNN):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+class MomentumCtrlC(CtrlC):
+    """CtrlC with SGD at momentum 0.9: its optimizer state (the velocity) must survive a resume."""
+
+    def configure_optimizers(self):
+        return optax.sgd(self.lr, momentum=0.9)
+
+
 def fit(model, max_epochs=EPOCHS, data=None, **kwargs):
     trainer = d2l.Trainer(max_epochs=max_epochs, progress=False, plot=False, **kwargs)
     trainer.fit(model, data or Blobs())
@@ -48,6 +56,12 @@ def fit(model, max_epochs=EPOCHS, data=None, **kwargs):
 def reference(tmp_path_factory):
     """An uninterrupted run (dropout on, so the dropout key stream matters too)."""
     return fit(CtrlC(dropout=0.2), run_dir=tmp_path_factory.mktemp("reference") / "run")
+
+
+@pytest.fixture(scope="module")
+def momentum_reference(tmp_path_factory):
+    """The reference with momentum."""
+    return fit(MomentumCtrlC(dropout=0.2), run_dir=tmp_path_factory.mktemp("momentum_reference") / "run")
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +85,14 @@ def assert_same_run(trainer, reference):
 
 
 def test_ctrl_c_in_the_middle_of_an_epoch_then_resume_gives_the_uninterrupted_run(
-    tmp_path, reference, capsys
+    tmp_path, momentum_reference, capsys
 ):
+    # With momentum, so that the optimizer state has to come back too, not only the parameters.
+    reference = momentum_reference
     run_dir = tmp_path / "run"
     CTRL_C["epoch"] = 1
     with pytest.raises(d2l.TrainingInterrupted) as stop:
-        fit(CtrlC(dropout=0.2), run_dir=run_dir)
+        fit(MomentumCtrlC(dropout=0.2), run_dir=run_dir)
     assert not CTRL_C  # it did press
     # The first plot point of epoch 2 is due once step 4 is done, when step 5 is already queued:
     # the loop stops before it queues step 6.
@@ -86,8 +102,10 @@ def test_ctrl_c_in_the_middle_of_an_epoch_then_resume_gives_the_uninterrupted_ru
     assert "Ctrl-C again to stop at once" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
-    resumed = fit(CtrlC(dropout=0.2), resume=run_dir)
+    resumed = fit(MomentumCtrlC(dropout=0.2), resume=run_dir)
     assert f"from checkpoint {8 + position} at epoch 2, step {position + 1}" in capsys.readouterr().out
+    velocity = jax.tree.leaves(resumed.state.opt_state)
+    assert velocity and all(np.abs(v).max() > 0 for v in velocity)  # there is a state to restore
     assert_same_run(resumed, reference)
     assert runs.read_metrics(run_dir)[-1]["train_loss"] == pytest.approx(reference.history[-1]["train_loss"])
 

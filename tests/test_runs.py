@@ -186,8 +186,10 @@ def test_chapter_ctrl_c_saves_and_resume_continues_the_latest_run(tmp_path, monk
 
 
 def test_sigterm_mid_epoch_saves_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path):
-    # 150 steps of batch 16 in one epoch; the live plot's first drawing comes after step 75.
+    # 150 steps of batch 16 in one epoch; the live plot's first drawing comes after step 75. Adam
+    # (the chapter's default, named so that it stays): the resume must bring back its moments too.
     flags = ["--epochs", "1", "--num-train", "2400", "--num-val", "64", "--batch-size", "16"]
+    flags += ["--optimizer", "adam"]
     stopped, whole = tmp_path / "stopped", tmp_path / "whole"
     lenet = [sys.executable, "-m", "chapters.lenet", *flags]
     # Through make, as `timeout 1h make lenet` runs it: -o skips the set-up targets.
