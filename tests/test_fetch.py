@@ -4,6 +4,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import importlib.util
 import socket
 import subprocess
 import sys
@@ -274,6 +275,24 @@ def test_an_explicit_data_dir_without_the_files_is_an_error_not_another_copy(tmp
         fetch.fetch(empty, base_url=f"http://127.0.0.1:{port}/")
     assert "\n" not in str(error.value) and "D2LITE_DATA" not in str(error.value)
     assert not empty.exists()  # the failed download took back the folder it made
+
+
+def test_official_checksums_are_tensorflow_datasets_own():
+    """OFFICIAL_CHECKSUMS copies tfds's url_checksums/fashion_mnist.txt, which tfds itself checks
+    its downloads against: read that file (its text only, importing nothing of tfds)."""
+    spec = importlib.util.find_spec("tensorflow_datasets")  # finds the package, runs none of it
+    assert spec is not None and spec.submodule_search_locations, "tensorflow-datasets is a dependency"
+    (package,) = spec.submodule_search_locations
+    lines = (Path(package) / "url_checksums" / "fashion_mnist.txt").read_text().splitlines()
+    theirs = {}
+    for line in lines:
+        if line.strip() and not line.startswith("#"):
+            url, size, sha256, name = line.split("\t")
+            theirs[url] = (int(size), sha256, name)
+    base = fetch.OFFICIAL_URL.rstrip("/") + "/"  # as the download joins them
+    ours = {base + name: (*fetch.OFFICIAL_CHECKSUMS[name], name) for name in fetch.ALL_FILES}
+    assert sorted(fetch.OFFICIAL_CHECKSUMS) == sorted(fetch.ALL_FILES)
+    assert ours == theirs
 
 
 def test_real_debian_data():
