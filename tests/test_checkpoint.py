@@ -1,11 +1,13 @@
 """Checkpoints and resume: an interrupted run ends exactly where an uninterrupted one does."""
 
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -175,6 +177,118 @@ def test_sigkill_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_pa
         jax.tree.leaves(resumed.state.params), jax.tree.leaves(reference.state.params), strict=True
     ):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+# A run of the reference's model in a child that, at the first training plot point of epoch 2,
+# prints a line and waits there until it has handled SIGNALS (argv[2]) signals: the test
+# signals it at a known place, and the Trainer's handler has run before the loop goes on.
+WAITS_FOR_SIGNALS = (
+    "import os, select, signal, sys; sys.path[:0] = ['.', 'tests']\n"
+    "signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored\n"
+    "from conftest import Blobs, TinyCNN\n"
+    "import d2lite as d2l\n"
+    "plot, (woken, wake), waits = TinyCNN.plot, os.pipe(), [int(sys.argv[2])]\n"
+    "os.set_blocking(wake, False)\n"
+    "def plot_then_wait(self, key, value, train):\n"
+    "    plot(self, key, value, train)\n"
+    "    if train and self.trainer.epoch == 1 and waits[0]:\n"
+    "        signal.set_wakeup_fd(wake)  # each signal from now on writes a byte to the pipe\n"
+    "        print('mid-epoch: waiting for signals', flush=True)\n"
+    "        while waits[0] and select.select([woken], [], [], 60)[0]:  # its handler has run\n"
+    "            os.read(woken, 1)\n"
+    "            waits[0] -= 1\n"
+    "TinyCNN.plot = plot_then_wait\n"
+    "trainer = d2l.Trainer(max_epochs=3, run_dir=sys.argv[1], progress=False, plot=False)\n"
+    "trainer.fit(TinyCNN(dropout=0.2), Blobs())\n"
+)
+
+
+class Child:
+    """A Python child process whose output (stdout and stderr) a thread reads line by line."""
+
+    def __init__(self, script, *args):
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", script, *map(str, args)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines, self.output = queue.Queue(), []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.process.kill()
+        self.process.wait()
+        self.process.stdout.close()
+
+    def wait_for(self, text, timeout=60):
+        """The first line from now on that contains `text`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"no {text!r} within {timeout} s; the output so far:\n{''.join(self.output)}")
+            if line is None:
+                status = self.process.wait()
+                pytest.fail(f"it exited (status {status}) before {text!r}:\n{''.join(self.output)}")
+            self.output.append(line)
+            if text in line:
+                return line
+
+    def finish(self, timeout=60):
+        """(exit status, all its output)."""
+        try:
+            status = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {timeout} s later; its output:\n{''.join(self.output)}")
+        while (line := self.lines.get(timeout=timeout)) is not None:
+            self.output.append(line)
+        return status, "".join(self.output)
+
+
+def test_sigusr1_mid_epoch_saves_a_checkpoint_and_the_run_resumes(tmp_path, reference, capsys):
+    run_dir = tmp_path / "run"
+    with Child(WAITS_FOR_SIGNALS, run_dir, 1) as child:
+        child.wait_for("mid-epoch: waiting for signals")
+        child.process.send_signal(signal.SIGUSR1)  # as Slurm warns a job before its time limit
+        status, output = child.finish()
+    assert "SIGUSR1: stopping after the current step and saving a checkpoint\n" in output
+    (step,) = [int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name != "8"]
+    assert 8 < step < 16  # between two steps of epoch 2
+    checkpoint = run_dir.absolute() / "checkpoints" / str(step)
+    stopped = f"interrupted in epoch 2 after step {step - 8} of 8: checkpoint saved in {checkpoint}"
+    assert f"TrainingInterrupted: {stopped}" in output
+    assert status not in (0, -signal.SIGUSR1)  # handled (its default kills), then raised
+
+    resumed = fit(TinyCNN(dropout=0.2), run_dir=run_dir, resume=True)
+    assert f"from checkpoint {step} at epoch 2, step {step - 8 + 1}" in capsys.readouterr().out
+    assert_same_run(resumed, reference)
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    with Child(WAITS_FOR_SIGNALS, run_dir, 2) as child:  # it waits on after the first Ctrl-C
+        child.wait_for("mid-epoch: waiting for signals")
+        child.process.send_signal(signal.SIGINT)
+        first = child.wait_for("Ctrl-C: stopping")
+        child.process.send_signal(signal.SIGINT)
+        status, output = child.finish()
+    stopping = "Ctrl-C: stopping after the current step and saving a checkpoint"
+    assert first == f"{stopping} (Ctrl-C again to stop at once)\n"
+    assert output.rstrip().endswith("\nKeyboardInterrupt"), output  # the plain one, from the waiting step
+    assert "TrainingInterrupted" not in output and "checkpoint saved" not in output
+    assert status == -signal.SIGINT
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["8"]  # epoch 1's alone
 
 
 def test_a_full_disk_is_a_one_line_error_and_keeps_the_last_checkpoint(tmp_path, reference):
