@@ -2,12 +2,16 @@
 
 `import d2lite as d2l` gives every name of the book's `d2l/jax.py` that its chapters 2-8
 use, in the book's order (`BOOK`), then d2lite's own. `d2l.plt` is pyplot, imported on
-first use. Importing d2lite also turns on JAX's persistent compilation cache (utils.py;
-D2LITE_COMPILE_CACHE=0: off).
+first use. Importing d2lite also turns on JAX's persistent compilation cache
+(devices/compile_cache.py; D2LITE_COMPILE_CACHE=0: off), and gives the Trainer the function
+that turns its shorthands into callbacks and step transforms (callbacks/__init__.py): the
+core files (hparams, module, data, trainer, board, book) import nothing from the sub-packages.
 """
 
-from .board import ProgressBoard, ProgressLine, plot, set_axes, set_figsize, show_images, use_svg_display
+from .board import ProgressBoard, plot, set_axes, set_figsize, show_images, use_svg_display
 from .book import *  # noqa: F403 (the book's models, optimizer, devices and tensor aliases)
+from .callbacks import defaults
+from .callbacks.progress import ProgressLine
 from .cli import chapter_args
 from .data import DataModule, FashionMNIST, SyntheticRegressionData
 from .devices.compile_cache import enable_compile_cache
@@ -15,8 +19,9 @@ from .errors import D2LiteError
 from .hparams import HyperParameters, add_to_class
 from .module import Classifier, Module
 from .runs.predictions import plot_predictions
-from .trainer import Trainer, TrainingInterrupted, TrainState
+from .trainer import Callback, Snapshot, StepTransform, Trainer, TrainingInterrupted, TrainState
 
+Trainer.defaults = staticmethod(defaults)
 enable_compile_cache()  # importing compiles nothing; the cache must be set before anything does
 
 
@@ -36,6 +41,6 @@ cos cosh tanh linspace exp log tensor expand_dims matmul int32 int64 float32 con
 reduce_sum argmax astype reduce_mean swapaxes repeat""".split()
 __all__ = (
     BOOK
-    + """D2LiteError ProgressLine TrainState TrainingInterrupted chapter_args
+    + """Callback D2LiteError ProgressLine Snapshot StepTransform TrainState TrainingInterrupted chapter_args
 plot_predictions""".split()
 )

@@ -48,8 +48,8 @@ if __name__ == "__main__":
             progress=False,
         )
         resumed.fit(TinyCNN(dropout=0.2), Blobs(num_train=256, num_val=70, batch_size=32))
-    order = four._epoch_order(four.shuffle_key, 0)
-    compiled = four._train_chunk.lower(four.state, four.train_arrays, order, 0, num_steps=1).compile()
+    order = four.epoch_order(four.shuffle_key, 0)
+    compiled = four.train_chunk.lower(four.state, four.resident.train, order, 0, num_steps=1).compile()
     print(
         json.dumps(
             {

@@ -7,7 +7,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from d2lite.board import ProgressBoard, ProgressLine
+from d2lite.board import ProgressBoard
+from d2lite.callbacks.progress import ProgressLine
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -392,15 +392,18 @@ def test_checkpoints_of_other_versions_or_programs_are_refused_in_one_line(tmp_p
     shutil.copytree(two_epochs, run_dir)
     meta = Checkpoints(run_dir / "checkpoints").read_meta(16)
     assert meta["d2lite"] == version("d2lite")  # who wrote it
-    # A newer d2lite that saved its epoch under another name (and says which version it was).
-    renamed = {("epoch_index" if k == "epoch" else k): v for k, v in meta.items()} | {"d2lite": "9.0"}
+    # A newer d2lite that saved the epoch's losses under another name (and says which version it was).
+    renamed = {("epoch_losses" if k == "losses_in_epoch" else k): v for k, v in meta.items()} | {
+        "d2lite": "9.0"
+    }
     newer = Checkpoints(run_dir / "checkpoints")
     newer.save(17, {"w": np.zeros(2)}, renamed)
     checkpoint = run_dir.absolute() / "checkpoints" / "17"
     with pytest.raises(d2l.D2LiteError) as error:
         fit(CtrlC(dropout=0.2), run_dir=run_dir, resume=True)
     message = (
-        f"checkpoint {checkpoint} was written by d2lite 9.0: it lacks epoch; resume it with that version"
+        f"checkpoint {checkpoint} was written by d2lite 9.0: it lacks losses_in_epoch; resume it with "
+        "that version"
     )
     assert str(error.value).startswith(message)
     # Another program's orbax checkpoint, with no meta at all.

@@ -158,9 +158,9 @@ def test_the_weight_average_follows_every_step_and_is_what_evaluation_uses(quiet
     state = trainer.init_state(jax.random.split(jax.random.PRNGKey(0))[0])
     on_host = lambda s: jax.device_get({"params": s.params, "batch_stats": s.batch_stats})  # noqa: E731
     expected = on_host(state)  # the state's buffers are donated to each step
-    order = trainer._epoch_order(trainer.shuffle_key, 0)
+    order = trainer.epoch_order(trainer.shuffle_key, 0)
     for t in range(3):
-        state, _ = trainer._train_chunk(state, trainer.train_arrays, order, t, num_steps=1)
+        state, _ = trainer.train_chunk(state, trainer.resident.train, order, t, num_steps=1)
         decay = min(0.8, (1 + t) / (10 + t))
         expected = jax.tree.map(lambda a, n, d=decay: d * a + (1 - d) * n, expected, on_host(state))
     assert trainer.state.step == 3

@@ -15,6 +15,7 @@ from compiles import count_compiles
 from conftest import Blobs, TinyCNN, run_chapter
 
 import d2lite as d2l
+from d2lite.callbacks import guards
 from d2lite.cli import one_line_errors
 from d2lite.runs import directory as runs
 from d2lite.runs.predictions import predict_validation
@@ -95,7 +96,11 @@ def test_without_a_run_directory_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     trainer = d2l.Trainer(max_epochs=1, progress=False, limit_train_batches=2)
     trainer.fit(TinyCNN(), Blobs())
-    assert trainer.run is None and trainer.run_path is None and len(trainer.history) == 1
+    assert (
+        not any(isinstance(c, runs.RunDirectory) for c in trainer.callbacks)
+        and trainer.run_path is None
+        and len(trainer.history) == 1
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -290,10 +295,10 @@ def test_the_divergence_rule_fires_on_a_jump_and_stays_quiet_on_noisy_falling_cu
         steps = np.arange(40)
         level = 2.3 * np.exp(-steps / rng.uniform(2, 15)) + rng.uniform(0.0, 0.5)
         levels = level * rng.lognormal(0, 0.15, size=40)
-        assert all(d2l.trainer.divergence(list(levels[: n + 1])) is None for n in range(40))
-    assert d2l.trainer.divergence([0.02, 0.01, 0.03]) is None  # small numbers: within the margin
+        assert all(guards.divergence(list(levels[: n + 1])) is None for n in range(40))
+    assert guards.divergence([0.02, 0.01, 0.03]) is None  # small numbers: within the margin
     nin = [2.3, 1.1, 0.7, 0.55, 0.48, 1.52]  # NiN's train loss per epoch with the book's recipe
-    assert d2l.trainer.divergence(nin) == (1.52, 0.48)
+    assert guards.divergence(nin) == (1.52, 0.48)
 
 
 def test_a_diverging_loss_is_reported_once_an_epoch_or_stops_the_run(tmp_path, capsys):
@@ -327,12 +332,24 @@ def test_a_diverging_loss_is_reported_once_an_epoch_or_stops_the_run(tmp_path, c
 
 
 def test_an_accuracy_collapse_counts_from_the_best_epoch_including_the_last_one():
+    check = guards.Guards(stop_on_divergence=True)
+    check.on_fit_start(None, None)
     trainer = d2l.Trainer(max_epochs=3, stop_on_divergence=True)
-    trainer.model, trainer.run, trainer.epoch, trainer._divergence_reported = TinyCNN(), None, 2, set()
-    trainer.history = [{"epoch": 1, "val_acc": 0.5}, {"epoch": 2, "val_acc": 0.9}]  # epoch 3's is not in yet
-    with pytest.raises(d2l.D2LiteError, match=r"collapsed in epoch 3: 0\.6000, down from 0\.9000 in epoch 2"):
-        trainer._check_accuracy({"epoch": 3, "val_acc": 0.6})
-    trainer._check_accuracy({"epoch": 3, "val_acc": 0.8})  # within ACCURACY_DROP of the best: quiet
+    trainer.model, trainer.epoch = TinyCNN(), 2
+    for accuracy, raises in ((0.6, True), (0.8, False)):  # within ACCURACY_DROP of the best: quiet
+        record = {"epoch": 3, "val_acc": accuracy}
+        trainer.history = [
+            {"epoch": 1, "val_acc": 0.5},
+            {"epoch": 2, "val_acc": 0.9},
+            record,
+        ]  # epoch 3's is in
+        if raises:
+            with pytest.raises(
+                d2l.D2LiteError, match=r"collapsed in epoch 3: 0\.6000, down from 0\.9000 in epoch 2"
+            ):
+                check.on_epoch_end(trainer, record)
+        else:
+            check.on_epoch_end(trainer, record)
 
 
 @pytest.mark.parametrize(
@@ -344,7 +361,7 @@ def test_an_accuracy_collapse_counts_from_the_best_epoch_including_the_last_one(
     ],
 )
 def test_a_failed_write_is_one_line_that_names_the_reason(tmp_path, error, reason):
-    run = runs.RunDirectory(trainer=None, path=tmp_path)
+    run = runs.RunDirectory(run_dir=tmp_path)
     with pytest.raises(d2l.D2LiteError) as raised, run.writing("metrics.csv"):
         raise error
     assert str(raised.value).startswith(f"cannot write metrics.csv in {tmp_path} ({reason}): free disk space")

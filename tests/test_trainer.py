@@ -10,6 +10,8 @@ from conftest import Blobs, TinyCNN
 from flax import linen as nn
 
 import d2lite as d2l
+import d2lite.devices
+from d2lite.devices import CpuKernels, dispatch
 from d2lite.devices.init_key import init_key
 
 
@@ -21,6 +23,10 @@ def test_loss_falls_and_history_is_recorded(blobs, quiet_trainer):
     assert losses[-1] < 0.8 * losses[0]
     assert trainer.history[-1]["val_acc"] > 0.6  # chance is about 1/3
     assert trainer.state.step == 4 * (256 // 32)
+
+
+def uses_cpu_kernels(trainer):
+    return any(isinstance(t, CpuKernels) for t in trainer.transforms)
 
 
 def test_steps_per_dispatch_auto_is_one_step_per_call_on_cpu(blobs, quiet_trainer):
@@ -35,33 +41,34 @@ def test_a_smoke_run_is_one_short_epoch_with_xla_own_kernels(blobs, quiet_traine
     whose compile time a few steps never repay; a normal run on a CPU uses them."""
     trainer = quiet_trainer(max_epochs=1)
     trainer.fit(TinyCNN(), blobs)
-    assert trainer.use_cpu_kernels
+    assert uses_cpu_kernels(trainer)
     monkeypatch.setenv("D2LITE_FAST_DEV_RUN", "2")
     trainer = quiet_trainer(max_epochs=3)
     trainer.fit(TinyCNN(), blobs)
-    assert not trainer.use_cpu_kernels
+    assert not uses_cpu_kernels(trainer)
     assert len(trainer.history) == 1 and trainer.state.step == 2 and trainer.num_val_examples == 2 * 32
 
 
 def test_auto_dispatch_off_a_cpu_loops_light_steps_in_equal_chunks(quiet_trainer, monkeypatch):
     class OffCPU(d2l.Trainer):
         def prepare_data(self, data):
-            super().prepare_data(data)
+            resident = super().prepare_data(data)
             self.unroll_chunks = False  # as on a GPU
+            return resident
 
     trainer = OffCPU(max_epochs=1, progress=False, plot=False)
     trainer.fit(TinyCNN(), Blobs(num_train=36 * 8, batch_size=8))
     assert trainer.dispatch_steps == 18  # 36 batches: 2 chunks of 18, one program
     assert trainer.state.step == 36
     # A step over LIGHT_STEP_FLOPS runs one to a call.
-    monkeypatch.setattr(d2l.trainer, "LIGHT_STEP_FLOPS", trainer_step_flops(trainer))
-    assert trainer.auto_dispatch_steps() == 1
+    monkeypatch.setattr(dispatch, "LIGHT_STEP_FLOPS", trainer_step_flops(trainer))
+    assert dispatch.auto_dispatch_steps(trainer) == 1
 
 
 def trainer_step_flops(trainer):
-    order = trainer._epoch_order(trainer.shuffle_key, 0)
-    step = trainer._train_chunk.trace(trainer.state, trainer.train_arrays, order, 0, num_steps=1)
-    return d2l.trainer.matmul_flops(step.jaxpr)
+    order = trainer.epoch_order(trainer.shuffle_key, 0)
+    step = trainer.train_chunk.trace(trainer.state, trainer.resident.train, order, 0, num_steps=1)
+    return dispatch.matmul_flops(step.jaxpr)
 
 
 @pytest.mark.parametrize(
@@ -69,7 +76,7 @@ def trainer_step_flops(trainer):
     [(468, 26), (234, 26), (36, 18), (64, 32), (10, 10), (2, 2), (937, 32), (38, 19), (74, 32)],
 )
 def test_equal_chunks_cut_an_epoch_into_one_program_where_they_can(steps, chunk):
-    assert d2l.trainer.equal_chunks(steps) == chunk
+    assert dispatch.equal_chunks(steps) == chunk
 
 
 def test_matmul_flops_counts_products_and_convolutions_inside_loops_and_gradients():
@@ -82,31 +89,32 @@ def test_matmul_flops_counts_products_and_convolutions_inside_loops_and_gradient
         return dense.sum() + conv.sum()
 
     w, k, x, images = jnp.ones((5, 6)), jnp.ones((3, 3, 3, 8)), jnp.ones((4, 5)), jnp.ones((2, 6, 6, 3))
-    assert d2l.trainer.matmul_flops(jax.make_jaxpr(forward)(w, k, x, images)) == 240 + 13_824
+    assert dispatch.matmul_flops(jax.make_jaxpr(forward)(w, k, x, images)) == 240 + 13_824
 
     def looped(w, k, x, images):  # 3 steps in a loop, inside a jit
         step = lambda carry, _: (carry + forward(w, k, x, images), None)  # noqa: E731
         return jax.jit(lambda: jax.lax.scan(step, 0.0, None, length=3)[0])()
 
-    assert d2l.trainer.matmul_flops(jax.make_jaxpr(looped)(w, k, x, images)) == 3 * (240 + 13_824)
+    assert dispatch.matmul_flops(jax.make_jaxpr(looped)(w, k, x, images)) == 3 * (240 + 13_824)
     # The gradients of the weights and the kernel cost what the forward pass does.
     gradients = jax.make_jaxpr(jax.grad(forward, argnums=(0, 1)))(w, k, x, images)
-    assert d2l.trainer.matmul_flops(gradients) == 2 * (240 + 13_824)
+    assert dispatch.matmul_flops(gradients) == 2 * (240 + 13_824)
 
 
 @pytest.mark.parametrize("unroll", [True, False])  # unrolled on CPU, a loop on GPUs
 def test_steps_per_dispatch_gives_the_same_training(blobs, quiet_trainer, unroll):
     class Chunked(d2l.Trainer):
         def prepare_data(self, data):
-            super().prepare_data(data)
+            resident = super().prepare_data(data)
             self.unroll_chunks = unroll
+            return resident
 
     one = quiet_trainer(max_epochs=2)
     one.fit(TinyCNN(), blobs)
     chunked = Chunked(max_epochs=2, steps_per_dispatch=3, progress=False, plot=False)  # chunks 3, 3, 2
     chunked.fit(TinyCNN(), blobs)
-    program = chunked._train_chunk.lower(
-        chunked.state, chunked.train_arrays, chunked._epoch_order(chunked.shuffle_key, 0), 0, num_steps=3
+    program = chunked.train_chunk.lower(
+        chunked.state, chunked.resident.train, chunked.epoch_order(chunked.shuffle_key, 0), 0, num_steps=3
     )
     assert ("while" in program.as_text()) != unroll
     for a, b in zip(jax.tree.leaves(one.state.params), jax.tree.leaves(chunked.state.params), strict=True):
@@ -340,7 +348,7 @@ def test_a_fit_draws_its_initial_parameters_with_the_init_key(blobs, quiet_train
         keys.append(key)
         return init_key(key)
 
-    monkeypatch.setattr(d2l.trainer, "init_key", recorded)
+    monkeypatch.setattr(d2lite.devices, "init_key", recorded)
     quiet_trainer(max_epochs=1).fit(TinyCNN(), blobs)
     assert len(keys) == 1  # once, inside the set-up program
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from ..errors import D2LiteError
+from ..trainer import StepTransform
 
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -46,3 +47,14 @@ def compute_in(precision, apply_fn):
         return cast_floating(outputs, jnp.float32)
 
     return apply
+
+
+class Precision(StepTransform):
+    """The model's apply function computing in `precision` (both in training and evaluation)."""
+
+    def __init__(self, precision):
+        compute_dtype(precision)  # a one-line error now rather than in fit
+        self.precision = precision
+
+    def apply(self, apply_fn, training):
+        return compute_in(self.precision, apply_fn)

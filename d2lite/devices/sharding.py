@@ -16,9 +16,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from ..errors import D2LiteError
+from ..trainer import StepTransform
+from .dispatch import auto_dispatch_steps
 
 
-class DataParallel:
+class DataParallel(StepTransform):
     """Where the Trainer's arrays live: `replicate` them all, `split` a batch over the mesh."""
 
     def __init__(self, devices=None):
@@ -38,14 +40,16 @@ class DataParallel:
     def size(self):
         return len(self.devices)
 
-    def check_batch_size(self, batch_size):
+    def initial_state(self, state, trainer):
+        batch_size = trainer.batch_size  # checked before the first step: it splits each batch
         if batch_size % self.size:
             raise D2LiteError(
                 f"batch_size {batch_size} does not split evenly over {self.size} devices: use a "
                 f"multiple of {self.size}, or fewer devices (Trainer(devices=...))"
             )
+        return state
 
-    def replicate(self, tree):
+    def place(self, tree):
         """Put every array of `tree` on every device (a global array across hosts).
 
         Other leaves stay as they are: the book's `SGD.init` returns a class for its state,
@@ -69,15 +73,11 @@ class DataParallel:
         spec = PartitionSpec(*([None] * axis), "batch")
         return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
-    def keep_replicated(self, tree):
+    def keep(self, tree):
         """Inside jit: keep `tree` replicated, so the next call sees the same shardings."""
         if self.size == 1:
             return tree
         return jax.lax.with_sharding_constraint(tree, self.replicated)
 
-
-def to_host(array):
-    """A NumPy copy of a replicated array, also when other hosts hold parts of it."""
-    if getattr(array, "is_fully_addressable", True):
-        return np.asarray(array)
-    return np.asarray(array.addressable_data(0))
+    def dispatch_steps(self, trainer):
+        return auto_dispatch_steps(trainer)

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import optax
 
 from ..errors import D2LiteError
-from ..module import smoothed_cross_entropy  # noqa: F401 (the recipe's loss lives with the Classifier's)
+from ..module import Classifier, smoothed_cross_entropy  # noqa: F401 (the smoothed loss lives with the Classifier)
+from ..trainer import StepTransform
 
 SCHEDULES = ("cosine", "onecycle")
 ONECYCLE_RISE = 0.3  # of the steps, when no warmup_epochs is given
@@ -179,3 +180,43 @@ def random_rectangles(key, batch, height, width, probability, area=(0.02, 0.25),
     inside_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])
     chosen = jax.random.bernoulli(keys[4], probability, (batch,))
     return inside_rows[:, :, None] & inside_cols[:, None, :] & chosen[:, None, None]
+
+
+class RecipeSteps(StepTransform):
+    """A `Recipe` inside the Trainer's jitted programs."""
+
+    def __init__(self, recipe):
+        self.recipe = recipe
+
+    def optimizer(self, tx, trainer):
+        return self.recipe.optimizer(tx, trainer.num_train_batches, trainer.max_epochs)
+
+    def initial_state(self, state, trainer):
+        smoothing = self.recipe.label_smoothing
+        if smoothing and type(trainer.model).loss is not Classifier.loss:
+            raise D2LiteError(
+                f"label_smoothing needs the Classifier's loss; {type(trainer.model).__name__} has its own"
+            )
+        average = None
+        if self.recipe.ema:  # its own buffers: the state is donated, and a buffer only once
+            average = jax.tree.map(jnp.copy, {"params": state.params, "batch_stats": state.batch_stats})
+        return state.replace(average=average, label_smoothing=smoothing)
+
+    def augment(self, batch, key):
+        if not self.recipe.augments:
+            return batch
+        return (self.recipe.augment(key, batch[0]), *batch[1:])
+
+    def update(self, after, before):
+        if not self.recipe.ema:
+            return after
+        latest = {"params": after.params, "batch_stats": after.batch_stats}
+        return after.replace(average=self.recipe.update_average(before.average, latest, before.step))
+
+    def apply(self, apply_fn, training):
+        return apply_fn if training else self.recipe.evaluation_apply(apply_fn)
+
+    def evaluation_state(self, state):
+        """Averaged weights with an EMA, and the plain loss (no label smoothing)."""
+        state = state.replace(label_smoothing=0.0)
+        return state if state.average is None else state.replace(**state.average)

@@ -36,10 +36,11 @@ from flax import serialization
 from ..board import write_atomic
 from ..errors import D2LiteError, first_line
 from ..recipe import Recipe
+from ..trainer import Callback, Snapshot, to_host
 
 CONFIG, METRICS, CHECKPOINTS = "config.json", "metrics.csv", "checkpoints"
-# What a checkpoint's meta must hold for fit to continue from it (checkpoints of d2lite 0.1 on).
-CHECKPOINT_META = "epoch position losses_in_epoch seconds_in_epoch wall_time history board settings".split()
+# What a checkpoint's meta must hold for fit to continue from it.
+CHECKPOINT_META = "losses_in_epoch seconds_in_epoch wall_time board settings".split()
 
 
 # ------------------------------------------------------------------------------ finding runs
@@ -211,54 +212,63 @@ def _number(key, text):
 
 
 # ------------------------------------------------------------------------- a fit's run
-class RunDirectory:
-    """The run directory of one `Trainer.fit`: its config, metrics and checkpoints, and resume."""
+class RunDirectory(Callback):
+    """The run directory of a fit, as a callback: its config, metrics and checkpoints, and resume.
 
-    def __init__(self, trainer, path, step=None):
-        self.trainer, self.path, self.step = trainer, Path(path), step  # step: the checkpoint to resume
-        self.checkpoints = self.meta = None
+    `run_dir` records a new run there; `resume=True` continues the run in `run_dir`, `resume=PATH`
+    the run directory or checkpoint PATH. A resume hands the Trainer the state of the
+    checkpoint (`on_fit_start` returns it); the epoch and the position in it are the state's
+    step, the finished epochs come from metrics.csv.
+    """
 
-    @classmethod
-    def locate(cls, trainer):
-        """The trainer's run directory (from `run_dir` or `resume`), or None without one."""
-        resume, run_dir = trainer.resume, trainer.run_dir
+    def __init__(self, run_dir=None, resume=None, keep_checkpoints=3, run_info=None, plot=True):
+        if resume is True and run_dir is None:
+            raise D2LiteError("resume=True continues the run in run_dir: give run_dir (or resume=PATH)")
+        path, self.step = Path(run_dir) if run_dir is not None else None, None  # step: the checkpoint to resume
         if resume not in (None, False, True):
-            path, step = resume_target(resume)
+            path, self.step = resume_target(resume)
             if run_dir is not None and Path(run_dir).resolve() != path.resolve():
                 raise D2LiteError(f"resume={str(resume)!r} is not in run_dir={str(run_dir)!r}")
-            return cls(trainer, path, step)
-        return None if run_dir is None else cls(trainer, run_dir)
+        self.run_path, self.resume, self.keep, self.run_info, self.plot = path, resume, keep_checkpoints, run_info, plot
+        self.checkpoints = None
 
-    def settings(self):
+    @property
+    def path(self):
+        return self.run_path
+
+    def settings(self, trainer):
         """What a resumed run must share with the run it continues."""
         names = ("gradient_clip_val", "seed", "limit_train_batches", "limit_val_batches")
-        trainer = self.trainer
-        if trainer.recipe.schedule:  # the schedule spans the run's epochs
+        recipe = trainer.recipe or Recipe()
+        if recipe.schedule:  # the schedule spans the run's epochs
             names += ("max_epochs",)
         return {
             "model": model_settings(trainer.model),
             "data": data_settings(trainer.data),
             "trainer": describe({k: trainer.hparams[k] for k in names}),
             # Only what differs from the book's recipe: runs from before recipes still resume.
-            "recipe": {
-                k: v for k, v in dataclasses.asdict(trainer.recipe).items() if v != getattr(Recipe, k)
-            },
+            "recipe": {k: v for k, v in dataclasses.asdict(recipe).items() if v != getattr(Recipe, k)},
         }
 
-    def open(self):
-        """Open the checkpoints; for a resume, check the run and read the checkpoint's meta."""
+    def on_fit_start(self, trainer, snapshot):
+        """Open the checkpoints; write a new run's config, or return the checkpoint's snapshot."""
         from .checkpoint import Checkpoints  # imports orbax, which takes seconds
 
-        self.checkpoints = Checkpoints(self.path / CHECKPOINTS, keep=self.trainer.keep_checkpoints)
+        if getattr(trainer.data, "source", None):
+            print(f"data: {trainer.data.source}", flush=True)  # which copy of the files a recorded run read
+        trainer.board.save_dir = self.path if self.plot else None
+        self.checkpoints = Checkpoints(self.path / CHECKPOINTS, keep=self.keep)
         steps = self.checkpoints.steps()
-        if not self.trainer.resume:
+        if not self.resume:
             if steps:
                 raise D2LiteError(
                     f"{self.path} already holds a run (checkpoint {steps[-1]}): resume it (--resume, "
                     "resume=True) or use another run directory"
                 )
             print(f"run directory: {self.path}", flush=True)
-            return
+            with self.writing("config.json"):
+                self.write_config(trainer, snapshot)
+            return None
         for name in self.checkpoints.unfinished:
             print(f"removed {name}: a checkpoint whose writing was cut off", flush=True)
         if not steps:
@@ -266,31 +276,25 @@ class RunDirectory:
                 f"{self.path} has no checkpoint to resume from (the run stopped before one was saved): "
                 "start a new run"
             )
-        self.step = steps[-1] if self.step is None else self.step
-        if self.step not in steps:
-            raise D2LiteError(f"{self.path} has no checkpoint {self.step}; it has {steps}")
-        self.meta = self.checkpoints.read_meta(self.step)
-        missing = [key for key in CHECKPOINT_META if key not in self.meta]
+        step = steps[-1] if self.step is None else self.step
+        if step not in steps:
+            raise D2LiteError(f"{self.path} has no checkpoint {step}; it has {steps}")
+        meta = self.checkpoints.read_meta(step)
+        missing = [key for key in CHECKPOINT_META if key not in meta]
         if missing:  # written by another program, or by a d2lite that saved other things
-            writer = f"d2lite {self.meta['d2lite']}" if "d2lite" in self.meta else "another d2lite version"
+            writer = f"d2lite {meta['d2lite']}" if "d2lite" in meta else "another d2lite version"
             raise D2LiteError(
-                f"checkpoint {self.checkpoints.path(self.step)} was written by {writer}: it lacks "
+                f"checkpoint {self.checkpoints.path(step)} was written by {writer}: it lacks "
                 f"{', '.join(missing)}; resume it with that version, or start a new run"
             )
-        differences = mismatches(self.meta["settings"], self.settings())
+        differences = mismatches(meta["settings"], self.settings(trainer))
         if differences:
             raise D2LiteError(
                 f"cannot resume {self.path} with different settings: {'; '.join(differences)} (resume "
                 "with the run's settings, or start a new run)"
             )
-
-    def start_or_restore(self):
-        """Write a new run's config, or put the checkpoint's state back into the trainer."""
         with self.writing("config.json and metrics.csv"):
-            if self.meta is None:
-                self.write_config()
-            else:
-                self.restore()
+            return self.restore(trainer, snapshot, step, meta)
 
     @contextlib.contextmanager
     def writing(self, what):
@@ -317,16 +321,15 @@ class RunDirectory:
                 f"writable, then resume the run (--resume {self.path}, resume=True){kept}"
             ) from error
 
-    def write_config(self, resumed=None):
-        trainer = self.trainer
+    def write_config(self, trainer, snapshot, resumed=None):
         if resumed and (self.path / CONFIG).is_file():
             config = read_config(self.path)
         else:
             config = {
                 "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                **(describe(trainer.run_info) or {}),
-                **self.settings(),
-                "parameters": sum(int(p.size) for p in jax.tree.leaves(trainer.state.params)),
+                **(describe(self.run_info) or {}),
+                **self.settings(trainer),
+                "parameters": sum(int(p.size) for p in jax.tree.leaves(snapshot.state.params)),
                 "environment": environment(),
                 "resumed": [],
             }
@@ -336,36 +339,24 @@ class RunDirectory:
             config.setdefault("resumed", []).append(resumed)
         write_config(self.path, config)
 
-    def arrays(self):
-        """The arrays a checkpoint holds: the TrainState and the shuffle key."""
-        return {
-            "state": serialization.to_state_dict(self.trainer.state),
-            "shuffle_key": self.trainer.shuffle_key,
-        }
+    def on_epoch_end(self, trainer, record):
+        with self.writing("metrics.csv"):
+            write_metrics(self.path, trainer.history)
+        self.save(trainer, trainer.snapshot())
 
-    def save(self, partial=None):
-        """Save what fit needs to continue; return the checkpoint's path.
+    def on_stop(self, trainer, snapshot):
+        return self.save(trainer, snapshot)
 
-        At the end of an epoch `partial` is None; after Ctrl-C in the middle of one it is
-        (the losses of its steps so far, seconds so far).
-        """
-        trainer = self.trainer
-        losses, seconds = partial or ([], 0.0)
-        finished = trainer.epoch if partial else trainer.epoch + 1
-        step = finished * trainer.num_train_batches + len(losses)
-        if not partial:
-            with self.writing("metrics.csv"):
-                write_metrics(self.path, trainer.history)
-        arrays = self.arrays()
+    def save(self, trainer, snapshot):
+        """Save what fit needs to go on from `snapshot`; return the checkpoint's path."""
+        step = int(to_host(snapshot.state.step))
+        arrays = {"state": serialization.to_state_dict(snapshot.state), "shuffle_key": snapshot.shuffle_key}
         meta = {
-            "epoch": finished,
-            "position": len(losses),
-            "seconds_in_epoch": seconds,
-            "losses_in_epoch": losses,
-            "wall_time": trainer.wall_time(),
-            "history": trainer.history,
+            "losses_in_epoch": snapshot.epoch_losses,
+            "seconds_in_epoch": snapshot.epoch_seconds,
+            "wall_time": snapshot.seconds,
             "board": {"data": trainer.board.data, "raw_points": trainer.board.raw_points},
-            "settings": self.settings(),
+            "settings": self.settings(trainer),
             "arrays": _shapes(arrays),
             "d2lite": _version("d2lite"),
         }
@@ -377,9 +368,9 @@ class RunDirectory:
         steps = self.checkpoints.steps() if self.checkpoints is not None else []
         return self.checkpoints.path(steps[-1]) if steps else None
 
-    def restore(self):
-        trainer, meta, step = self.trainer, self.meta, self.step
-        like = self.arrays()
+    def restore(self, trainer, snapshot, step, meta):
+        """The snapshot of checkpoint `step`, in the structure of `snapshot`."""
+        like = {"state": serialization.to_state_dict(snapshot.state), "shuffle_key": snapshot.shuffle_key}
         saved, now = meta.get("arrays", {}), _shapes(like)
         if saved != now:  # same hyperparameters, yet other parameters: the model's code changed
             differ = [k for k in set(saved) | set(now) if saved.get(k) != now.get(k)]
@@ -389,38 +380,36 @@ class RunDirectory:
                 f"{saved.get(name)} in the checkpoint, {now.get(name)} now): resume with the model code "
                 "the run was trained with"
             )
-        arrays = self.checkpoints.restore(step, like)
-        trainer.state = trainer.parallel.replicate(
-            serialization.from_state_dict(trainer.state, arrays["state"])
-        )
-        trainer.shuffle_key = trainer.parallel.replicate(arrays["shuffle_key"])
+        arrays = trainer.place(self.checkpoints.restore(step, like))
         self.checkpoints.discard_after(step)  # a resume from an older checkpoint forks
-        trainer.epoch, position = meta["epoch"], meta["position"]
-        trainer.history = meta["history"]
-        trainer.earlier_sessions_time = meta["wall_time"]
-        if position:
-            trainer.partial_epoch = (meta["losses_in_epoch"], meta["seconds_in_epoch"])
-        trainer.train_batch_idx = trainer.epoch * trainer.num_train_batches + position
-        trainer.val_batch_idx = trainer.epoch * trainer.num_val_batches
-        # Put the plotted points back, and those still to be averaged into the next one
-        # (checkpoints of d2lite 0.1 hold only the plotted points).
-        board = meta["board"] if "raw_points" in meta["board"] else {"data": meta["board"], "raw_points": {}}
-        for name, lines in board.items():
+        epoch, position = divmod(step, trainer.num_train_batches)
+        history = [record for record in read_metrics(self.path) if record["epoch"] <= epoch]
+        # Put the plotted points back, and those still to be averaged into the next one.
+        for name, lines in meta["board"].items():
             setattr(trainer.board, name, {label: [tuple(p) for p in line] for label, line in lines.items()})
-        write_metrics(self.path, trainer.history)
-        where = f"epoch {trainer.epoch + 1}" + (f", step {position + 1}" if position else "")
-        if trainer.epoch >= trainer.max_epochs:  # nothing trains, so the run records no resume
-            where = (
-                f"its end: all {trainer.max_epochs} epochs are done (raise max_epochs, --epochs, to go on)"
-            )
+        write_metrics(self.path, history)
+        restored = Snapshot(
+            serialization.from_state_dict(snapshot.state, arrays["state"]),
+            arrays["shuffle_key"],
+            history,
+            meta["losses_in_epoch"],
+            meta["seconds_in_epoch"],
+            meta["wall_time"],
+        )
+        where = f"epoch {epoch + 1}" + (f", step {position + 1}" if position else "")
+        if epoch >= trainer.max_epochs:  # nothing trains, so the run records no resume
+            where = f"its end: all {trainer.max_epochs} epochs are done (raise max_epochs, --epochs, to go on)"
         else:
             now = time.strftime("%Y-%m-%d %H:%M:%S")
-            self.write_config(resumed={"at": now, "step": step, "epoch": trainer.epoch, "position": position})
+            resumed = {"at": now, "step": step, "epoch": epoch, "position": position}
+            self.write_config(trainer, restored, resumed=resumed)
         print(f"resuming {self.path} from checkpoint {step} at {where}", flush=True)
+        return restored
 
-    def close(self):
+    def on_fit_end(self, trainer, error):
         if self.checkpoints is not None:
             self.checkpoints.close()
+        return None
 
 
 def _shapes(arrays):

@@ -12,7 +12,6 @@ import numpy as np
 from jax import lax
 
 from ..board import show_images
-from ..devices.cpu_kernels import cpu_kernels
 from ..errors import D2LiteError
 
 
@@ -36,8 +35,8 @@ def predict_validation(trainer, max_examples=2048):
         return batch[0], batch[-1], outputs
 
     num_batches = min(trainer.num_val_batches, math.ceil(max_examples / batch_size))
-    with cpu_kernels(trainer.use_cpu_kernels):  # as the Trainer traces its programs
-        parts = [jax.device_get(predict(trainer.state, trainer.val_arrays, i)) for i in range(num_batches)]
+    with trainer.tracing():  # as the Trainer traces its programs
+        parts = [jax.device_get(predict(trainer.state, trainer.resident.val, i)) for i in range(num_batches)]
     X, y, outputs = (np.concatenate(p)[: trainer.num_val_examples] for p in zip(*parts, strict=True))
     if outputs.ndim != 2:
         raise D2LiteError(

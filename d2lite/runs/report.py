@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import directory as runs
-from ..board import _hms
+from ..callbacks.progress import _hms
 from ..errors import D2LiteError
 
 
