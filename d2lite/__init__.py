@@ -8,7 +8,7 @@ that turns its shorthands into callbacks and step transforms (callbacks/__init__
 core files (hparams, module, data, trainer, board, book) import nothing from the sub-packages.
 """
 
-from .board import ProgressBoard, plot, set_axes, set_figsize, show_images, use_svg_display
+from .board import ProgressBoard
 from .book import *  # noqa: F403 (the book's models, optimizer, devices and tensor aliases)
 from .callbacks import defaults
 from .callbacks.progress import ProgressLine

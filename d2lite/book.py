@@ -1,4 +1,5 @@
-"""What the book saves into `d2l` from its sections 3-8: models, an optimizer, devices, keys, aliases.
+"""What the book saves into `d2l` from its sections 3-8: plotting helpers, models, an optimizer,
+devices, keys, aliases.
 
 Each name keeps the book's signature and behaviour; where the book's JAX code is wrong on a
 current JAX, Flax or Python, the docstring says what d2lite does instead.
@@ -11,6 +12,7 @@ writes with `nn.BatchNorm` keep Flax's default.
 """
 
 import random
+import sys
 from functools import partial
 from types import FunctionType
 
@@ -24,10 +26,105 @@ from .errors import D2LiteError
 from .hparams import HyperParameters
 from .module import Classifier, Module
 
-__all__ = """nn_Module get_seed get_key cpu gpu num_gpus try_gpu try_all_gpus SGD LinearRegressionScratch
+__all__ = """use_svg_display set_figsize set_axes plot show_images nn_Module get_seed get_key cpu gpu num_gpus
+try_gpu try_all_gpus SGD LinearRegressionScratch
 LinearRegression SoftmaxRegression corr2d LeNet Residual ResNeXtBlock to numpy transpose sigmoid ones_like
 ones zeros_like zeros arange meshgrid linspace eye sin sinh cos cosh tanh exp log tensor expand_dims matmul
 concat stack int32 int64 float32 abs reshape reduce_sum reduce_mean argmax astype swapaxes repeat""".split()
+
+
+# --------------------------------------------------------------------- plotting (2.4, 4.2)
+def use_svg_display():
+    """Show pyplot figures as SVG in Jupyter; nothing outside IPython."""
+    ipython = sys.modules.get("IPython")  # imported by every Jupyter kernel, not by scripts
+    if ipython is not None and ipython.get_ipython() is not None:
+        from matplotlib_inline import backend_inline
+
+        backend_inline.set_matplotlib_formats("svg")
+
+
+def set_figsize(figsize=(3.5, 2.5)):
+    """The size of pyplot's next figures, in inches."""
+    from matplotlib import pyplot as plt
+
+    use_svg_display()
+    plt.rcParams["figure.figsize"] = figsize
+
+
+def set_axes(axes, xlabel, ylabel, xlim, ylim, xscale, yscale, legend):
+    """Label, scale and bound `axes`, add a legend when given, and a grid."""
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_xscale(xscale)
+    axes.set_yscale(yscale)
+    axes.set_xlim(xlim)
+    axes.set_ylim(ylim)
+    if legend:
+        axes.legend(legend)
+    axes.grid()
+
+
+def plot(
+    X,
+    Y=None,
+    xlabel=None,
+    ylabel=None,
+    legend=None,
+    xlim=None,
+    ylim=None,
+    xscale="linear",
+    yscale="linear",
+    fmts=("-", "m--", "g-.", "r:"),
+    figsize=(3.5, 2.5),
+    axes=None,
+):
+    """Plot one or more curves on pyplot's current axes (or `axes`), as the book's `d2l.plot`.
+
+    `X` and `Y` are each one sequence of numbers or a list of them; with `Y` left out, `X`
+    holds the y values and they are plotted against their index. One x sequence serves
+    every y sequence.
+    """
+    from matplotlib import pyplot as plt
+
+    def one_curve(values):  # a flat sequence of numbers, not a list of sequences
+        return getattr(values, "ndim", None) == 1 or (
+            isinstance(values, list) and not hasattr(values[0], "__len__")
+        )
+
+    if one_curve(X):
+        X = [X]
+    if Y is None:
+        X, Y = [[]] * len(X), X
+    elif one_curve(Y):
+        Y = [Y]
+    if len(X) != len(Y):
+        X = X * len(Y)
+    set_figsize(figsize)
+    axes = plt.gca() if axes is None else axes
+    axes.cla()
+    for x, y, fmt in zip(X, Y, fmts, strict=False):  # at most as many curves as formats
+        if len(x):
+            axes.plot(x, y, fmt)
+        else:
+            axes.plot(y, fmt)
+    set_axes(axes, xlabel, ylabel, xlim, ylim, xscale, yscale, legend)
+
+
+def show_images(imgs, num_rows, num_cols, titles=None, scale=1.5):
+    """A pyplot grid of images (grayscale for 2-D ones) with optional titles; returns the axes."""
+    from matplotlib import pyplot as plt
+
+    _, axes = plt.subplots(num_rows, num_cols, figsize=(num_cols * scale, num_rows * scale), squeeze=False)
+    axes = axes.reshape(-1)
+    for i, (ax, img) in enumerate(zip(axes, imgs, strict=False)):
+        ax.imshow(np.asarray(img), cmap="gray")
+        ax.set_axis_off()
+        if titles is not None and i < len(titles):
+            ax.set_title(titles[i], fontsize=8)
+    for ax in axes[len(imgs) :]:
+        ax.set_axis_off()
+    return axes
+
 
 nn_Module = nn.Module
 BN_MOMENTUM = 0.9

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .board import show_images
+from .book import show_images
 from .errors import D2LiteError
 from .hparams import HyperParameters
 

@@ -370,3 +370,53 @@ def test_a_fit_draws_a_picture_per_read_and_none_too_soon(
     mid, end = ["train_loss"], ["train_loss", "val_acc", "val_loss"]
     # The second epoch's middle comes less than 1e9 s after the first epoch's end, and waits.
     assert pictures == [mid, end] + [mid, end][2 - mid_epoch_pictures :]
+
+
+def test_a_flax_nnx_classifier_trains_through_the_same_step(quiet_trainer):
+    """The Trainer's one model interface (initial variables; apply with state): an NNX network
+    meets it through Flax's NNX-to-Linen bridge, and trains in the same jitted programs."""
+    from flax import nnx
+    from flax.nnx import bridge
+
+    class Network(nnx.Module):
+        def __init__(self, *, rngs):
+            self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+            self.bn = nnx.BatchNorm(4, rngs=rngs)
+            self.fc = nnx.Linear(4 * 8 * 8, 3, rngs=rngs)
+
+        def __call__(self, x, *, train=True):
+            x = nnx.relu(self.bn(self.conv(x), use_running_average=not train))
+            return self.fc(x.reshape(x.shape[0], -1))  # the bands' rows matter: no pooling
+
+    class NNXNet(d2l.Classifier):
+        lr: float = 0.1
+        training: bool = True
+
+        @nn.compact
+        def __call__(self, X):
+            return bridge.ToLinen(Network, name="nnx")(X, train=self.training)
+
+    trainer = quiet_trainer(max_epochs=3)
+    trainer.fit(NNXNet(), Blobs())
+    losses = [record["train_loss"] for record in trainer.history]
+    assert losses[-1] < 0.5 * losses[0] and trainer.history[-1]["val_acc"] > 0.9
+    assert trainer.state.batch_stats  # the NNX BatchNorm's statistics travel with the state
+    assert trainer.num_val_examples == 70
+
+
+def test_a_callback_of_ones_own_stops_the_fit_as_readme_shows(quiet_trainer):
+    class EarlyStop(d2l.Callback):  # README's "How d2lite is built"
+        def __init__(self, target):
+            self.target, self.reached = target, False
+
+        def on_epoch_end(self, trainer, record):
+            self.reached = record["val_acc"] >= self.target
+
+        def should_stop(self, trainer, read_point):
+            return self.reached
+
+    trainer = quiet_trainer(max_epochs=10, callbacks=[EarlyStop(0.85)])
+    with pytest.raises(d2l.TrainingInterrupted, match="interrupted after epoch"):
+        trainer.fit(TinyCNN(), Blobs())
+    assert trainer.history[-1]["val_acc"] >= 0.85 and len(trainer.history) < 10
+    assert all(record["val_acc"] < 0.85 for record in trainer.history[:-1])

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from jax import lax
 
-from ..board import show_images
+from ..book import show_images
 from ..errors import D2LiteError
 
 
