@@ -151,7 +151,7 @@ class Classifier(Module):
             rngs={"dropout": state.dropout_rng},
         )
         Y_hat = Y_hat.reshape((-1, Y_hat.shape[-1])).astype(jnp.float32)
-        # A recipe's label smoothing travels in the state (recipe.py); the book's has none.
+        # A recipe's label smoothing travels in the state (d2lite/recipe); the book's has none.
         losses = smoothed_cross_entropy(Y_hat, Y.reshape(-1), getattr(state, "label_smoothing", 0.0))
         return (losses.mean() if averaged else losses), updates
 

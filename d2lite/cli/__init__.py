@@ -186,7 +186,7 @@ def chapter_parser(name, description, *, epochs, batch_size, lr, resize):
 
 
 def recipe_flags(parser):
-    """The ingredients of a modern recipe beyond the book's (recipe.py), all off by default."""
+    """The ingredients of a modern recipe beyond the book's (d2lite/recipe), all off by default."""
     group = parser.add_argument_group("beyond the book (d2lite.Recipe; all off by default)")
     add = group.add_argument
     add("--crop-padding", type=int, metavar="PIXELS", help="random crops of the padded images")

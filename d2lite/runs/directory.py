@@ -6,10 +6,11 @@ runs/<chapter>/<date>-<time>/      (the chapter CLI's default; any folder works)
                    examples_per_s, seconds (training time of the epoch), wall_time
                    (seconds since the run began, counting only time spent training)
     progress.png   the live plot (and progress.svg)
-    checkpoints/   orbax checkpoints, one folder per training step (see checkpoint.py)
+    checkpoints/   orbax checkpoints, one folder per training step (see runs/checkpoint.py)
 
-`RunDirectory` is what a Trainer's fit does with one: it reads and writes the Trainer's state
-(`state`, `epoch`, `history`, the board) between epochs and never runs inside the jit. A run
+`RunDirectory` is the callback a Trainer's fit records one with: it saves a `Snapshot` between
+epochs (and at a stop), hands a resumed fit the snapshot of its checkpoint, and never runs
+inside the jit; the epoch and the position in it are the state's step. A run
 resumes exactly: epoch e's batches come from the permutation `fold_in(shuffle_key, e)` and
 step s's dropout key from `fold_in(dropout_rng, s)`, so restoring the TrainState, the
 shuffle key and the position in the epoch continues the same stream of batches and keys.
