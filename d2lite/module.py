@@ -21,7 +21,7 @@ import optax
 from flax import linen as nn
 
 from .board import ProgressBoard
-from .errors import D2LiteError, first_line
+from .errors import input_error
 from .hparams import HyperParameters
 
 _recorders = []  # one {(key, train): value} per step being traced, innermost last
@@ -187,55 +187,12 @@ class Classifier(Module):
         try:
             jax.eval_shape(trace, jax.ShapeDtypeStruct(tuple(X_shape), jnp.float32))
         except (TypeError, ValueError, ZeroDivisionError) as error:
-            raise input_error(self, X_shape, error) from error
+            raise input_error(model, X_shape, error) from error
         for name, shape in summary:
             print(f"{name} output shape:\t {shape}")
             if 0 in shape:
-                raise input_error(self, X_shape, f"{name} outputs shape {shape}")
+                raise input_error(model, X_shape, f"{name} outputs shape {shape}")
         return summary
-
-
-def input_error(model, input_shape, problem):
-    """The error for inputs a model cannot take, most often images resized too small."""
-    shape, name, problem = tuple(input_shape), type(model).__name__, first_line(problem)
-    smallest = smallest_image_size(model, shape)
-    if smallest:
-        return D2LiteError(
-            f"{name} cannot run on inputs of shape {shape} ({problem}): its layers shrink the image to "
-            f"nothing; resize it to at least {smallest} (--resize {smallest})"
-        )
-    return D2LiteError(
-        f"{name} cannot run on inputs of shape {shape}: {problem} (if the inputs are too small for the "
-        "model, use a larger resize)"
-    )
-
-
-def smallest_image_size(model, shape, largest=1024):
-    """The smallest square image the model runs on, if larger than `shape`'s (N, H, W, C) and
-    at most `largest`; else None. Found by bisection on traced shapes: nothing is computed."""
-    if len(shape) != 4 or shape[1] != shape[2]:
-        return None
-    evaluated, key = for_evaluation(model), jax.random.PRNGKey(0)
-
-    def runs(size):
-        image = jax.ShapeDtypeStruct((1, size, size, shape[3]), jnp.float32)
-        try:
-            traced = jax.eval_shape(lambda x: evaluated.init(key, x, capture_intermediates=True), image)
-        except (TypeError, ValueError, ZeroDivisionError):
-            return False
-        return all(0 not in leaf.shape for leaf in jax.tree.leaves(traced))
-
-    if runs(shape[1]):  # the trouble is not the size
-        return None
-    too_small, large_enough = shape[1], shape[1] * 2 or 1
-    while not runs(large_enough):  # a layer's output grows with its input, so bisecting works
-        too_small, large_enough = large_enough, large_enough * 2
-        if large_enough > largest:
-            return None
-    while large_enough - too_small > 1:
-        middle = (too_small + large_enough) // 2
-        too_small, large_enough = (too_small, middle) if runs(middle) else (middle, large_enough)
-    return large_enough
 
 
 def layer_name(layer):

@@ -1,33 +1,24 @@
 """Trainer: `fit` -> `prepare_data` / `prepare_model` -> the `fit_epoch` loop -> `evaluate`.
 
-The data goes to the device once (`prepare_data`). Per fit two programs are compiled, both
-with fixed shapes, from the pure functions `train_chunk` and `batch_sums` below:
-- `train_chunk` runs a few training steps: each gathers a batch from the resident arrays by
-  index, preprocesses it, runs the model's `training_step` and applies the optax update. What
-  a step passes to `model.plot` comes back as outputs; the host reads them in bulk when a
-  point of the live plot is due and replays them through `model.plot`, as the book's loop
-  would have called it, so no step waits for the host.
-- `batch_sums` runs the model's `validation_step` on each example of a validation batch
-  (`vmap`) and sums what it plots, masked: the validation set is padded to whole batches
-  once, so every example counts exactly once.
+The data goes to the device once. Two programs are compiled per fit, with fixed shapes, from
+the pure functions `train_chunk` (a few training steps: gather a batch by index, preprocess,
+`training_step`, the optax update) and `batch_sums` (`validation_step` on each example of a
+padded validation batch, masked, so that every example counts exactly once). What a step
+passes to `model.plot` comes back as outputs; the host reads them in bulk when a point of the
+live plot is due and replays them through `model.plot`, so no step waits for the host.
 Epochs differ only in traced values (the permutation, the chunk start): nothing recompiles.
 
-Two seams reach everything else, which lives in d2lite's sub-packages:
-- `Callback`s act on the host around the loop: the progress line, the stop on Ctrl-C, run
-  directories with checkpoints and exact resume, the guards against a diverging loss.
-- `StepTransform`s act inside the jitted programs, composed when they are built: devices and
-  sharding, bfloat16, the modern recipe, the CPU stand-ins for slow XLA:CPU kernels.
-The constructor's shorthands (`run_dir=`, `precision=`, `recipe=`, ...) build both; d2lite's
-`__init__` installs the function that does (`Trainer.defaults`), so this file imports none
-of that layer.
+Everything else comes in through two seams: `Callback`s on the host around the loop (progress
+line, signals, run directories, guards) and `StepTransform`s inside the jitted programs
+(devices, bfloat16, the recipe, the CPU stand-ins). The constructor's shorthands build both
+through `Trainer.defaults`, which d2lite's `__init__` installs: this file imports none of them.
 """
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import math
-import os
-import sys
 import time
 from typing import Any
 
@@ -40,22 +31,11 @@ from flax.training import train_state
 from jax import lax
 
 from . import book
-from .errors import D2LiteError
+from .errors import D2LiteError, check_outputs, input_error
 from .hparams import HyperParameters
-from .module import Classifier, for_evaluation, input_error, recording_plots
+from .module import Classifier, for_evaluation, recording_plots
 
-FAST_DEV_RUN = "D2LITE_FAST_DEV_RUN"
 MID_EPOCH_PICTURE_SECONDS = 2.0  # the live plot's mid-epoch pictures come at most this often
-
-
-def fast_dev_run():
-    """N when the environment asks for smoke runs (D2LITE_FAST_DEV_RUN=N, N >= 1), else None."""
-    text = os.environ.get(FAST_DEV_RUN, "").strip()
-    if text in ("", "0"):
-        return None
-    if not text.isdigit():
-        raise D2LiteError(f"{FAST_DEV_RUN} must be a number of batches, got {text!r}")
-    return int(text)
 
 
 class TrainState(train_state.TrainState):
@@ -91,52 +71,36 @@ class Snapshot:
 
 
 class Callback:
-    """What acts around the loop, on the host. Every hook is optional; hooks run in list order.
+    """What acts around the loop, on the host; every hook is optional, run in list order."""
 
-    on_fit_start(trainer, snapshot): the state exists; return a Snapshot to go on from another
-        (a run directory's resume), or None.
-    on_epoch_start(trainer): before the epoch's first dispatch.
-    should_stop(trainer, read_point): before each dispatch; True stops between two steps.
-        `read_point` is True where every process reads its losses (a plot point, an epoch end).
-    on_dispatch(trainer, losses): a chunk of steps finished; `losses` stay on the device.
-    on_read(trainer, losses): the host read these training losses (NumPy), in order: a stretch
-        of the epoch's steps, before they are plotted.
-    on_epoch_end(trainer, record): the epoch's record, just added to `trainer.history`.
-    on_stop(trainer, snapshot): a stop was agreed; return where the state was saved, or None.
-    on_fit_end(trainer, error): always, last; `error` is what stopped the fit (None when it
-        ended); return an exception to raise in its place, or None.
-    """
-
-    def on_fit_start(self, trainer, snapshot):
+    def on_fit_start(self, trainer, snapshot):  # the state exists; a Snapshot returned replaces it
         return None
 
     def on_epoch_start(self, trainer):
         pass
 
-    def should_stop(self, trainer, read_point):
-        return False
+    def should_stop(self, trainer, read_point):  # before each dispatch: True stops between steps
+        return False  # read_point: a plot point or an epoch end, the same steps on every process
 
-    def on_dispatch(self, trainer, losses):
+    def on_dispatch(self, trainer, losses):  # a chunk of steps finished; its losses on the device
         pass
 
-    def on_read(self, trainer, losses):
+    def on_read(self, trainer, losses):  # the host read a stretch of training losses (NumPy)
         pass
 
-    def on_epoch_end(self, trainer, record):
+    def on_epoch_end(self, trainer, record):  # the record was just added to trainer.history
         pass
 
-    def on_stop(self, trainer, snapshot):
+    def on_stop(self, trainer, snapshot):  # a stop was agreed: where the snapshot was saved, or None
         return None
 
-    def on_fit_end(self, trainer, error):
+    def on_fit_end(self, trainer, error):  # always; an exception returned is raised instead
         return None
 
 
 class StepTransform:
-    """What acts inside the jitted programs, composed in list order when the Trainer builds them.
-
-    Each method's default leaves its input as it is.
-    """
+    """What acts inside the jitted programs, composed in list order when they are built; each
+    method's default leaves its input as it is."""
 
     def optimizer(self, tx, trainer):  # the model's optax transformation
         return tx
@@ -190,9 +154,7 @@ class Resident:
     val: tuple
     val_mask: jax.Array
     num_train_examples: int
-    num_val_examples: int
-    num_train_batches: int  # the last partial batch is dropped
-    num_val_batches: int
+    num_val_examples: int  # those of the `num_val_batches` batches: the batch counts are the book's
 
 
 # ------------------------------------------------------------------ the jitted programs
@@ -211,19 +173,21 @@ def train_step(state, arrays, indices, *, model, preprocess, prepare_batch, tran
     return _compose(transforms, "update", new, state), (loss, plotted)
 
 
-def train_chunk(state, arrays, order, start, *, num_steps, unroll, step):
-    """`num_steps` training steps from row `start` of the epoch's `order` of batches."""
+def train_chunk(state, arrays, order, start, *, num_steps, unrolled, step, transforms):
+    """`num_steps` training `step`s from row `start` of the epoch's `order` of batches."""
     indices = lax.dynamic_slice_in_dim(order, start, num_steps)
     if num_steps == 1:
         state, outputs = step(state, arrays, indices[0])
         outputs = jax.tree.map(lambda x: x[None], outputs)
     else:  # unrolled on CPU, whose loops run ~3x slower than straight code; GPUs loop fine
+        unroll = num_steps if unrolled else 1
         state, outputs = lax.scan(lambda s, i: step(s, arrays, i), state, indices, unroll=unroll)
-    return state, outputs
+    return _compose(transforms, "keep", state), outputs
 
 
 def batch_sums(state, arrays, mask, index, *, model, preprocess, prepare_batch, transforms, batch_size):
-    """The masked sums of what `validation_step` plots over validation batch `index`."""
+    """The masked sums of what `validation_step` plots over validation batch `index`, with
+    the state as evaluation uses it."""
     split = lambda x: _compose(transforms, "split", x)  # noqa: E731
     rows = tuple(split(lax.dynamic_slice_in_dim(a, index * batch_size, batch_size)) for a in arrays)
     weights = split(lax.dynamic_slice_in_dim(mask, index * batch_size, batch_size))
@@ -288,26 +252,6 @@ class Trainer(HyperParameters):
         recipe=None,
         callbacks=(),
     ):
-        smoke = fast_dev_run()
-        if smoke:
-            max_epochs = 1
-            limit_train_batches = min(limit_train_batches or smoke, smoke)
-            limit_val_batches = min(limit_val_batches or smoke, smoke)
-            print(
-                f"{FAST_DEV_RUN}={smoke}: a smoke run of 1 epoch, {limit_train_batches} training "
-                f"and {limit_val_batches} validation batches",
-                file=sys.stderr,
-            )
-        counts = dict(max_epochs=max_epochs, keep_checkpoints=keep_checkpoints)
-        counts.update(limit_train_batches=limit_train_batches or 1, limit_val_batches=limit_val_batches or 1)
-        if steps_per_dispatch != "auto":
-            counts["steps_per_dispatch"] = steps_per_dispatch
-        for name, value in counts.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise D2LiteError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(gradient_clip_val, int | float) or gradient_clip_val < 0:
-            message = f"gradient_clip_val must be >= 0 (0 turns clipping off), got {gradient_clip_val!r}"
-            raise D2LiteError(message)
         self.save_hyperparameters(ignore=["callbacks"])
         self.gpus = [book.gpu(i) for i in range(min(num_gpus, book.num_gpus()))]
         made = type(self).defaults(self) if type(self).defaults else ([], [])
@@ -348,17 +292,8 @@ class Trainer(HyperParameters):
         num_val = min(len(val[-1]), self.num_val_batches * self.batch_size)
         padded = self.num_val_batches * self.batch_size
         val = tuple(np.pad(a[:num_val], [(0, padded - num_val)] + [(0, 0)] * (a.ndim - 1)) for a in val)
-        place = lambda tree: _compose(self.transforms, "place", tree)  # noqa: E731
         mask = np.arange(padded) < num_val
-        return Resident(
-            place(train),
-            place(val),
-            place(mask),
-            len(train[-1]),
-            num_val,
-            self.num_train_batches,
-            self.num_val_batches,
-        )
+        return Resident(self.place(train), self.place(val), self.place(mask), len(train[-1]), num_val)
 
     def prepare_model(self, model):
         model.trainer = self  # model.plot() reads the batch counters
@@ -380,25 +315,21 @@ class Trainer(HyperParameters):
 
         def initial_variables(key, arrays):  # one program, not a dozen small eager ones
             params_key, dropout_key, init_dropout_key = jax.random.split(key, 3)
-            rngs = {
-                "params": _compose(self.transforms, "initial_key", params_key),
-                "dropout": init_dropout_key,
-            }
+            params_key = _compose(self.transforms, "initial_key", params_key)
+            rngs = {"params": params_key, "dropout": init_dropout_key}
             return self.model.apply_init(first_inputs(arrays), key=rngs), dropout_key
 
         inputs = jax.eval_shape(first_inputs, arrays)
         try:
             variables, dropout_key = jax.jit(initial_variables)(key, arrays)
-            outputs, intermediates = jax.eval_shape(
-                lambda v, x: self.eval_model.apply(
-                    v, *x, capture_intermediates=True, mutable=["intermediates"]
-                ),
-                variables,
-                inputs,
+            traced = functools.partial(
+                self.eval_model.apply, capture_intermediates=True, mutable=["intermediates"]
             )
+            outputs, intermediates = jax.eval_shape(lambda v, x: traced(v, *x), variables, inputs)
         except (TypeError, ValueError, ZeroDivisionError) as error:
-            raise input_error(self.model, inputs[0].shape, error) from error
-        self._check_shapes(inputs, outputs, intermediates)
+            raise input_error(self.eval_model, inputs[0].shape, error) from error
+        classifier = isinstance(self.model, Classifier)
+        check_outputs(self.eval_model, self.data, inputs, outputs, intermediates, classifier)
         tx = _compose(self.transforms, "optimizer", self.model.configure_optimizers(), self)
         if self.gradient_clip_val > 0:  # the book's JAX Trainer accepts this and ignores it
             tx = optax.chain(optax.clip_by_global_norm(self.gradient_clip_val), tx)
@@ -409,65 +340,31 @@ class Trainer(HyperParameters):
             dropout_rng=dropout_key,
             tx=tx,
         )
-        return _compose(self.transforms, "place", _compose(self.transforms, "initial_state", state, self))
+        return self.place(_compose(self.transforms, "initial_state", state, self))
 
     def evaluation_state(self, state):
         """`state` as evaluation uses it: the eval-mode model, and what the transforms change."""
         apply = _compose(self.transforms, "apply", self.eval_model.apply, False)
         return _compose(self.transforms, "evaluation_state", state.replace(apply_fn=apply))
 
-    def _check_shapes(self, inputs, outputs, intermediates):
-        for path, leaf in jax.tree_util.tree_leaves_with_path(intermediates):
-            if 0 in leaf.shape:
-                layer = jax.tree_util.keystr(path[1:-1]) or "a layer"
-                raise input_error(self.model, inputs[0].shape, f"{layer} outputs shape {leaf.shape}")
-        classes = getattr(self.data, "num_classes", None)
-        wrong = outputs.ndim != 2 or outputs.shape[-1] != classes
-        if isinstance(self.model, Classifier) and classes and wrong:
-            raise D2LiteError(
-                f"{type(self.model).__name__} outputs shape {outputs.shape} but {type(self.data).__name__} "
-                f"has {classes} classes: make the last layer output {classes} values "
-                f"(e.g. num_classes={classes})"
-            )
-
     def compile_programs(self):
         """Jit the epoch's order of batches, the training chunk and the validation sums."""
-        resident, batch_size, transforms = self.resident, self.batch_size, self.transforms
-        common = dict(model=self.model, preprocess=self.data.preprocess, prepare_batch=self.prepare_batch)
+        batches, batch_size, transforms = self.num_train_batches, self.batch_size, self.transforms
+        common = dict(
+            preprocess=self.data.preprocess, prepare_batch=self.prepare_batch, transforms=transforms
+        )
 
         def epoch_order(key, epoch):
-            perm = jax.random.permutation(jax.random.fold_in(key, epoch), resident.num_train_examples)
-            return perm[: self.num_train_batches * batch_size].reshape(self.num_train_batches, batch_size)
+            perm = jax.random.permutation(jax.random.fold_in(key, epoch), self.resident.num_train_examples)
+            return perm[: batches * batch_size].reshape(batches, batch_size)
 
-        step = _bind(train_step, **common, transforms=transforms)
-
-        def chunk(state, arrays, order, start, num_steps):
-            state, outputs = train_chunk(
-                state,
-                arrays,
-                order,
-                start,
-                num_steps=num_steps,
-                unroll=num_steps if self.unroll_chunks else 1,
-                step=step,
-            )
-            return _compose(transforms, "keep", state), outputs
-
-        eval_model = self.eval_model
-        sums = jax.jit(
-            lambda state, arrays, mask, index: batch_sums(
-                self.evaluation_state(state),
-                arrays,
-                mask,
-                index,
-                **{**common, "model": eval_model},
-                transforms=transforms,
-                batch_size=batch_size,
-            )
-        )  # jitted on its own too: `evaluate` traces it for the shapes of the sums, once
+        step = functools.partial(train_step, model=self.model, **common)
+        chunk = functools.partial(train_chunk, step=step, unrolled=self.unroll_chunks, transforms=transforms)
+        # Jitted on its own too: `evaluate` traces it for the shapes of the sums, once.
+        sums = jax.jit(functools.partial(batch_sums, model=self.eval_model, batch_size=batch_size, **common))
 
         def eval_batch(state, arrays, mask, index, totals):
-            return jax.tree.map(jnp.add, totals, sums(state, arrays, mask, index))
+            return jax.tree.map(jnp.add, totals, sums(self.evaluation_state(state), arrays, mask, index))
 
         self.epoch_order = jax.jit(epoch_order)
         self.train_chunk = jax.jit(chunk, donate_argnums=0, static_argnames="num_steps")
@@ -490,7 +387,7 @@ class Trainer(HyperParameters):
             state = self.init_state(init_key)
             self.compile_programs()
             self.dispatch_steps = self._dispatch_steps(state)
-            snapshot = Snapshot(state, _compose(self.transforms, "place", shuffle_key), [], [])
+            snapshot = Snapshot(state, self.place(shuffle_key), [], [])
             for callback in self.callbacks:
                 snapshot = callback.on_fit_start(self, snapshot) or snapshot
             self._go_on_from(snapshot)
@@ -642,17 +539,13 @@ class Trainer(HyperParameters):
             # The sums start from zeros shaped like what validation_step plots (traced, not
             # compiled), so that every batch runs the same program; they stay on the device.
             args = (self.state, resident.val, resident.val_mask)
-            shapes = jax.eval_shape(self.batch_sums, *args, 0)
+            shapes = jax.eval_shape(self.batch_sums, self.evaluation_state(self.state), *args[1:], 0)
             totals = _compose(
                 self.transforms, "place", jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
             )
-            for index in range(resident.num_val_batches):  # one call a batch: XLA:CPU loops run slowly
+            for index in range(self.num_val_batches):  # one call a batch: XLA:CPU loops run slowly
                 totals = self.eval_batch(*args, index, totals)
         return {key: float(to_host(value)) / resident.num_val_examples for (key, _), value in totals.items()}
-
-
-def _bind(function, **static):
-    return lambda *args: function(*args, **static)
 
 
 class _Limited:

@@ -3,6 +3,8 @@ d2lite/runs), and `defaults`, which turns the Trainer's shorthands into callback
 transforms."""
 
 import io
+import os
+import sys
 
 from ..devices import CpuKernels, FastInitKey
 from ..devices.precision import Precision
@@ -10,10 +12,49 @@ from ..devices.sharding import DataParallel
 from ..errors import D2LiteError
 from ..recipe import Recipe, RecipeSteps
 from ..runs.directory import RunDirectory
-from ..trainer import fast_dev_run
 from .guards import Guards
 from .progress import Progress
 from .stop import StopOnSignals
+
+FAST_DEV_RUN = "D2LITE_FAST_DEV_RUN"
+
+
+def fast_dev_run():
+    """N when the environment asks for smoke runs (D2LITE_FAST_DEV_RUN=N, N >= 1), else None."""
+    text = os.environ.get(FAST_DEV_RUN, "").strip()
+    if text in ("", "0"):
+        return None
+    if not text.isdigit():
+        raise D2LiteError(f"{FAST_DEV_RUN} must be a number of batches, got {text!r}")
+    return int(text)
+
+
+def settle(trainer):
+    """Check the Trainer's numbers (one-line errors), and make a smoke run of it under
+    D2LITE_FAST_DEV_RUN=N: one epoch of at most N training and N validation batches."""
+    settings = trainer.hparams
+    smoke = fast_dev_run()
+    if smoke:
+        settings["max_epochs"] = 1
+        for name in ("limit_train_batches", "limit_val_batches"):
+            settings[name] = min(settings[name] or smoke, smoke)
+            setattr(trainer, name, settings[name])
+        trainer.max_epochs = 1
+        print(
+            f"{FAST_DEV_RUN}={smoke}: a smoke run of 1 epoch, {trainer.limit_train_batches} training "
+            f"and {trainer.limit_val_batches} validation batches",
+            file=sys.stderr,
+        )
+    counts = {name: settings[name] for name in ("max_epochs", "keep_checkpoints")}
+    counts.update({name: settings[name] or 1 for name in ("limit_train_batches", "limit_val_batches")})
+    if settings["steps_per_dispatch"] != "auto":
+        counts["steps_per_dispatch"] = settings["steps_per_dispatch"]
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise D2LiteError(f"{name} must be a positive integer, got {value!r}")
+    clip = settings["gradient_clip_val"]
+    if not isinstance(clip, int | float) or clip < 0:
+        raise D2LiteError(f"gradient_clip_val must be >= 0 (0 turns clipping off), got {clip!r}")
 
 
 def defaults(trainer):
@@ -25,6 +66,7 @@ def defaults(trainer):
     stand-ins for slow kernels, except in smoke runs, whose few steps never repay their
     compile time.
     """
+    settle(trainer)
     recipe = Recipe() if trainer.recipe is None else trainer.recipe
     if not isinstance(recipe, Recipe):
         raise D2LiteError(f"recipe must be a d2lite Recipe or None, got {recipe!r}")

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from ..board import in_notebook
+from ..callbacks import fast_dev_run
 from ..devices.precision import PRECISIONS
 from ..errors import D2LiteError, first_line
 from ..recipe import SCHEDULES, Recipe
 from ..runs import directory as runs
-from ..trainer import fast_dev_run
 
 QUICK_BATCHES = 10  # training batches per epoch in --quick mode (2 validation batches)
 RUNS = "runs"  # where the chapters' runs go: runs/<chapter>/<date>-<time>/

@@ -225,12 +225,21 @@ class RunDirectory(Callback):
     def __init__(self, run_dir=None, resume=None, keep_checkpoints=3, run_info=None, plot=True):
         if resume is True and run_dir is None:
             raise D2LiteError("resume=True continues the run in run_dir: give run_dir (or resume=PATH)")
-        path, self.step = Path(run_dir) if run_dir is not None else None, None  # step: the checkpoint to resume
+        path, self.step = (
+            Path(run_dir) if run_dir is not None else None,
+            None,
+        )  # step: the checkpoint to resume
         if resume not in (None, False, True):
             path, self.step = resume_target(resume)
             if run_dir is not None and Path(run_dir).resolve() != path.resolve():
                 raise D2LiteError(f"resume={str(resume)!r} is not in run_dir={str(run_dir)!r}")
-        self.run_path, self.resume, self.keep, self.run_info, self.plot = path, resume, keep_checkpoints, run_info, plot
+        self.run_path, self.resume, self.keep, self.run_info, self.plot = (
+            path,
+            resume,
+            keep_checkpoints,
+            run_info,
+            plot,
+        )
         self.checkpoints = None
 
     @property
@@ -399,7 +408,9 @@ class RunDirectory(Callback):
         )
         where = f"epoch {epoch + 1}" + (f", step {position + 1}" if position else "")
         if epoch >= trainer.max_epochs:  # nothing trains, so the run records no resume
-            where = f"its end: all {trainer.max_epochs} epochs are done (raise max_epochs, --epochs, to go on)"
+            where = (
+                f"its end: all {trainer.max_epochs} epochs are done (raise max_epochs, --epochs, to go on)"
+            )
         else:
             now = time.strftime("%Y-%m-%d %H:%M:%S")
             resumed = {"at": now, "step": step, "epoch": epoch, "position": position}

@@ -11,9 +11,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from . import directory as runs
 from ..callbacks.progress import _hms
 from ..errors import D2LiteError
+from . import directory as runs
 
 
 def collect(root):
