@@ -37,5 +37,5 @@ reduce_sum argmax astype reduce_mean swapaxes repeat""".split()
 __all__ = (
     BOOK
     + """D2LiteError ProgressLine TrainState TrainingInterrupted chapter_args
-plot_predictions""".split()
+plot_predictions max_pool""".split()
 )
