@@ -32,8 +32,11 @@ import d2lite as d2l
 
 # %%
 def max_pool_3x3_s2(x):
-    """The overlapping 3x3 max pool with stride 2 that AlexNet introduced."""
-    return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2))
+    """The overlapping 3x3 max pool with stride 2 that AlexNet introduced.
+
+    `d2l.max_pool` is Flax's `nn.max_pool`, which the Trainer on a CPU traces as a stand-in
+    with a faster gradient (d2lite/devices/cpu_kernels.py); the chapters pool with it."""
+    return d2l.max_pool(x, window_shape=(3, 3), strides=(2, 2))
 
 
 def flatten(x):

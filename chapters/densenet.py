@@ -118,7 +118,7 @@ class DenseNet(d2l.Classifier):
             nn.Conv(self.num_channels, kernel_size=(7, 7), strides=(2, 2), padding="SAME"),
             BatchNorm(not self.training),
             nn.relu,
-            lambda x: nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME"),
+            lambda x: d2l.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME"),
         ]
 
     def setup(self):

@@ -32,7 +32,7 @@ from chapters.nin import KERNEL_INITS, global_avg_pool, init_flag
 # %%
 def max_pool_3x3_s2_same(x):
     """A 3x3 max pool of stride 2 that halves the height and width (rounding up)."""
-    return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME")
+    return d2l.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME")
 
 
 # %%
@@ -61,7 +61,7 @@ class Inception(nn.Module):
         b1 = nn.relu(self.b1_1(x))
         b2 = nn.relu(self.b2_2(nn.relu(self.b2_1(x))))
         b3 = nn.relu(self.b3_2(nn.relu(self.b3_1(x))))
-        b4 = nn.relu(self.b4_2(nn.max_pool(x, window_shape=(3, 3), strides=(1, 1), padding="SAME")))
+        b4 = nn.relu(self.b4_2(d2l.max_pool(x, window_shape=(3, 3), strides=(1, 1), padding="SAME")))
         return jnp.concatenate((b1, b2, b3, b4), axis=-1)
 
 

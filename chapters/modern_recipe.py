@@ -65,7 +65,7 @@ class ResNet9(d2l.Classifier):
             BatchNorm(not self.training),
             nn.relu,
         ]
-        return layers + [lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))] * pool
+        return layers + [lambda x: d2l.max_pool(x, (2, 2), strides=(2, 2))] * pool
 
     def setup(self):
         w = self.width

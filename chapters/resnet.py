@@ -67,7 +67,7 @@ class ResNet(d2l.Classifier, kw_only=True):
                 self.conv(64, (7, 7), strides=(2, 2)),
                 self.norm(),
                 nn.relu,
-                lambda x: nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME"),
+                lambda x: d2l.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME"),
             ]
         )
 

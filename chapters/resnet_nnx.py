@@ -25,6 +25,7 @@ from flax.nnx import bridge
 import d2lite as d2l
 from chapters.nin import global_avg_pool
 from d2lite.book import BN_MOMENTUM
+from d2lite.devices.cpu_kernels import conv_general_dilated_if_on
 from d2lite.module import layer_name
 
 # %% [markdown]
@@ -48,6 +49,8 @@ from d2lite.module import layer_name
 
 # %%
 BatchNorm = partial(nnx.BatchNorm, momentum=BN_MOMENTUM)
+# XLA's convolution, or on a CPU while the Trainer traces its stand-in (d2lite/devices/cpu_kernels.py).
+Conv = partial(nnx.Conv, conv_general_dilated=conv_general_dilated_if_on)
 
 
 class ResidualBlock(nnx.Module):
@@ -56,7 +59,7 @@ class ResidualBlock(nnx.Module):
     expansion = 1
 
     def __init__(self, in_features, features, strides=1, *, rngs):
-        conv = partial(nnx.Conv, padding="SAME", use_bias=False, rngs=rngs)
+        conv = partial(Conv, padding="SAME", use_bias=False, rngs=rngs)
         self.conv1 = conv(in_features, features, (3, 3), strides=strides)
         self.bn1 = BatchNorm(features, rngs=rngs)
         self.conv2 = conv(features, features, (3, 3))
@@ -79,7 +82,7 @@ class BottleneckBlock(nnx.Module):
     expansion = 4
 
     def __init__(self, in_features, features, strides=1, *, rngs):
-        conv = partial(nnx.Conv, padding="SAME", use_bias=False, rngs=rngs)
+        conv = partial(Conv, padding="SAME", use_bias=False, rngs=rngs)
         out_features = features * self.expansion
         self.conv1 = conv(in_features, features, (1, 1))
         self.bn1 = BatchNorm(features, rngs=rngs)
@@ -140,12 +143,12 @@ class Stem(nnx.Module):
     """7x7/2 convolution, BatchNorm, ReLU, 3x3/2 max pool: a quarter of the resolution."""
 
     def __init__(self, in_features, features, *, rngs):
-        self.conv = nnx.Conv(in_features, features, (7, 7), strides=2, padding="SAME", rngs=rngs)
+        self.conv = Conv(in_features, features, (7, 7), strides=2, padding="SAME", rngs=rngs)
         self.bn = BatchNorm(features, rngs=rngs)
 
     def __call__(self, x, *, train):
         x = nnx.relu(self.bn(self.conv(x), use_running_average=not train))
-        return nnx.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME")
+        return d2l.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME")
 
 
 class Stage(nnx.Module):

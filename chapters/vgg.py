@@ -25,7 +25,7 @@ from chapters.alexnet import dense_head
 
 # %%
 def max_pool_2x2(x):
-    return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
+    return d2l.max_pool(x, window_shape=(2, 2), strides=(2, 2))
 
 
 def vgg_block(num_convs, out_channels):

@@ -42,5 +42,5 @@ reduce_sum argmax astype reduce_mean swapaxes repeat""".split()
 __all__ = (
     BOOK
     + """Callback D2LiteError ProgressLine Snapshot StepTransform TrainState TrainingInterrupted chapter_args
-plot_predictions""".split()
+plot_predictions max_pool""".split()
 )

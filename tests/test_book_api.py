@@ -261,8 +261,8 @@ def test_cpu_kernels_give_xla_convolutions_outputs_and_gradients(kernel, strides
 )
 def test_cpu_max_pools_give_xla_max_pools_outputs_and_gradients(window, strides, padding):
     """The max pool stand-in computes XLA's values and sends each window's gradient to its
-    first maximum, as XLA does, also where ReLU zeros tie; it replaces XLA's pool inside
-    `cpu_kernels()`."""
+    first maximum, as XLA does, also where ReLU zeros tie; `d2l.max_pool`, Flax's pool
+    otherwise, takes it inside `cpu_kernels()`."""
     from d2lite.devices.cpu_kernels import cpu_kernels
 
     rng = np.random.default_rng(0)
@@ -270,7 +270,7 @@ def test_cpu_max_pools_give_xla_max_pools_outputs_and_gradients(window, strides,
     weights = jnp.asarray(rng.normal(size=nn.max_pool(X, window, strides, padding).shape), jnp.float32)
 
     def pool_and_grad():  # new functions each time: jit caches its traces by function
-        pool = lambda X: nn.max_pool(X, window, strides, padding)  # noqa: E731
+        pool = lambda X: d2l.max_pool(X, window, strides, padding)  # noqa: E731
         grad = jax.grad(lambda X: (pool(X) * weights).sum())
         return jax.jit(pool)(X), jax.jit(grad)(X), str(jax.make_jaxpr(grad)(X))
 
@@ -283,7 +283,7 @@ def test_cpu_max_pools_give_xla_max_pools_outputs_and_gradients(window, strides,
     assert np.count_nonzero(ours[1]) == np.count_nonzero(xla[1])  # the same winners
     X = X.at[1, 4, 5, 2].set(np.nan)  # a NaN wins its windows, as in XLA's max
     with cpu_kernels():
-        ours = nn.max_pool(X, window, strides, padding)
+        ours = d2l.max_pool(X, window, strides, padding)
     np.testing.assert_array_equal(ours, nn.max_pool(X, window, strides, padding))
 
 
@@ -311,17 +311,52 @@ def test_flax_convolutions_trace_the_stand_ins_only_inside_cpu_kernels():
         assert "custom_vjp" not in jaxpr()
 
 
+def test_intercepted_convolutions_keep_their_variables_and_intermediates():
+    """Under `cpu_kernels()` a Linen conv runs as a copy bound to its own scope: a conv called
+    twice, one built in `setup` and one inside a lifted transform draw and use the same
+    parameters as without, and a capture records each output once."""
+    from d2lite.devices.cpu_kernels import cpu_kernels
+
+    class Net(nn.Module):
+        def setup(self):
+            self.shared = nn.Conv(32, (3, 3))
+
+        def __call__(self, x):
+            return self.rest(self.shared(self.shared(x)))
+
+        @nn.compact
+        def rest(self, x):
+            return nn.Conv(4, (3, 3))(nn.remat(nn.Conv)(32, (3, 3))(x))
+
+    net, x = Net(), jnp.asarray(np.random.default_rng(0).normal(size=(1, 6, 6, 32)), jnp.float32)
+    variables = net.init(jax.random.PRNGKey(0), x)
+    captured = net.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+    with cpu_kernels():
+        ours = net.init(jax.random.PRNGKey(0), x)
+        grad = jax.grad(lambda v: net.apply(v, x).sum())
+        assert str(jax.make_jaxpr(grad)(variables)).count("custom_vjp") >= 4
+        y = jax.jit(net.apply)(variables, x)
+        ours_captured = net.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+    assert jax.tree.structure(ours) == jax.tree.structure(variables)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(variables), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(y, net.apply(variables, x), rtol=1e-5, atol=1e-5)
+    shapes = lambda tree: jax.tree.map(lambda a: a.shape, tree)  # noqa: E731
+    assert shapes(ours_captured) == shapes(captured)
+
+
 def test_nnx_convolutions_trace_the_stand_ins_inside_cpu_kernels():
-    """An NNX Conv binds its convolution when it is built, which the NNX-to-Linen bridge (the
-    NNX chapter's way into the Trainer) does inside every trace."""
+    """An NNX Conv takes its convolution as a constructor argument: built with
+    `conv_general_dilated_if_on`, as the NNX chapter builds its convolutions, and called
+    through the NNX-to-Linen bridge (the NNX chapter's way into the Trainer)."""
     from flax import nnx
     from flax.nnx import bridge
 
-    from d2lite.devices.cpu_kernels import cpu_kernels
+    from d2lite.devices.cpu_kernels import conv_general_dilated_if_on, cpu_kernels
 
     class Net(nnx.Module):
         def __init__(self, *, rngs):
-            self.conv = nnx.Conv(32, 4, (3, 3), rngs=rngs)
+            self.conv = nnx.Conv(32, 4, (3, 3), conv_general_dilated=conv_general_dilated_if_on, rngs=rngs)
 
         def __call__(self, x):
             return self.conv(x)

@@ -221,6 +221,20 @@ def test_download_into_data_dir(server, tmp_path):
     assert not fetch.user_cache("fashion-mnist").exists()
 
 
+def test_checksums_match_the_ones_tensorflow_datasets_ships():
+    """fetch's (size, sha256) of the official files are tfds's, read from the file tfds ships
+    (found, not imported: importing tfds takes seconds)."""
+    spec = importlib.util.find_spec("tensorflow_datasets")
+    assert spec is not None, "tensorflow-datasets (the dev extra) ships the reference checksums"
+    listed = Path(spec.origin).parent / "url_checksums" / "fashion_mnist.txt"
+    shipped = {}
+    for line in listed.read_text().splitlines():
+        url, size, sha256, name = line.split("\t")
+        assert url == fetch.OFFICIAL_URL + name
+        shipped[name] = (int(size), sha256)
+    assert shipped == fetch.OFFICIAL_CHECKSUMS
+
+
 def test_bad_checksum_leaves_nothing(server):
     url, root = server
     make_dataset(root)
@@ -234,6 +248,20 @@ def test_bad_checksum_leaves_nothing(server):
     ):
         fetch.fetch(base_url=url, checksums=checksums)
     assert list(fetch.user_cache("fashion-mnist").rglob("*")) == []  # no file, no *.tmp.* folder
+
+
+@pytest.mark.parametrize("change", [-1, 1])
+def test_a_file_of_the_wrong_size_leaves_nothing(server, change):
+    """A file whose length is not the expected size is refused (from its Content-Length, else
+    while streaming) and leaves nothing behind."""
+    url, root = server
+    make_dataset(root)
+    checksums = checksums_of(root)
+    size, sha = checksums[LABELS]
+    checksums[LABELS] = (size + change, sha)
+    with pytest.raises(D2LiteError, match=rf"{LABELS} downloaded from {url}{LABELS} does not match"):
+        fetch.fetch(base_url=url, checksums=checksums)
+    assert list(fetch.user_cache("fashion-mnist").rglob("*")) == []
 
 
 def test_http_error(server):

@@ -18,19 +18,23 @@ XLA:CPU computes parts of a training step far slower than PyTorch does:
   which keeps which offset of each window won and sends the gradient back through one
   shifted (and, with strides, spread) copy per offset.
 All give the same numbers up to the order of summation (a pool's gradient goes to the first
-maximum of a window, as XLA's does). `cpu_kernels()` makes Flax's convolutions and pools use
-`conv_general_dilated` and `reduce_window` below while a program is traced; the Trainer
-turns it on when it trains on a CPU. Other devices keep XLA's own.
+maximum of a window, as XLA's does). While `cpu_kernels()` is on (the Trainer turns it on when
+it trains on a CPU, around its traces), three routes that Flax supports lead to them, and
+nothing of Flax's is replaced: a Linen method interceptor runs each `nn.Conv` as a copy of
+itself whose `conv_general_dilated` field is the stand-in; an NNX `Conv` built with
+`conv_general_dilated=conv_general_dilated_if_on` (the NNX chapter's) picks it when called;
+and `d2l.max_pool` (book.py), with which the chapters pool, picks `max_pool` below. Other
+devices keep XLA's own, and so do average pools everywhere (there is no stand-in for them).
 """
 
 import contextlib
+import contextvars
 import functools
 import math
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 from jax import lax
 
 NHWC = ("NHWC", "HWIO", "NHWC")  # Flax's layout for images
@@ -211,31 +215,65 @@ def _max_pool_backward(window, strides, pads, saved, grad):
 max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 
 
+def flax_max_pool(inputs, window_shape, strides=None, padding="VALID"):
+    """Flax's `nn.max_pool` (same arguments), with `max_pool` above for the max pools of images."""
+    window_shape = tuple(window_shape)
+    strides = tuple(strides or (1,) * len(window_shape))
+    if len(window_shape) != 2 or inputs.ndim not in (3, 4):
+        return nn.max_pool(inputs, window_shape, strides, padding)
+    if inputs.ndim == 3:  # one image, as Flax takes it
+        return flax_max_pool(inputs[None], window_shape, strides, padding)[0]
+    if not isinstance(padding, str):
+        padding = ((0, 0), *map(tuple, padding), (0, 0))
+    # Anything `max_pool` cannot take goes on to `lax.reduce_window`, as in Flax's.
+    return reduce_window(inputs, -math.inf, lax.max, (1, *window_shape, 1), (1, *strides, 1), padding)
+
+
+_ON = contextvars.ContextVar("d2lite_cpu_kernels", default=False)
+
+
+def active():
+    """Whether `cpu_kernels()` is on (in this thread, as Flax's method interceptors are)."""
+    return _ON.get()
+
+
+def conv_general_dilated_if_on(*args, **kwargs):
+    """`lax.conv_general_dilated`, or the stand-in while `cpu_kernels()` is on: for NNX's
+    `Conv(..., conv_general_dilated=...)`, which calls it at each trace."""
+    return (conv_general_dilated if active() else lax.conv_general_dilated)(*args, **kwargs)
+
+
+def _linen_convs_stand_in(next_fun, args, kwargs, context):
+    """A Linen method interceptor: an `nn.Conv` left at Flax's convolution runs as a copy of
+    itself with the stand-in, bound to the same scope (the same variables and random keys).
+    The copy is intercepted too, and goes on as it is. A call that records intermediates
+    (`capture_intermediates`: shape checks, summaries) keeps Flax's convolution, since the copy
+    would record each output a second time."""
+    module = context.module
+    if (
+        context.method_name == "__call__"
+        and isinstance(module, nn.Conv)
+        and module.conv_general_dilated is None
+        and module.conv_general_dilated_cls is None
+        and not module.is_mutable_collection("intermediates")
+    ):
+        copy = module.clone(parent=module.scope, conv_general_dilated=conv_general_dilated)
+        return copy(*args, **kwargs)
+    return next_fun(*args, **kwargs)
+
+
 @contextlib.contextmanager
 def cpu_kernels(enabled=True):
-    """While active (and `enabled`), Flax's convolutions and pools trace the stand-ins above.
-
-    Flax Linen looks `lax.conv_general_dilated` and `lax.reduce_window` up in its modules when
-    a layer is called, so the stand-ins go there, and only for as long as the Trainer traces
-    its programs. An NNX `Conv` takes its convolution as a default argument of its constructor,
-    which the NNX-to-Linen bridge calls inside each trace: when NNX is in use, that default too.
-    """
-    from flax.linen import linear, pooling
-
-    if not enabled or isinstance(linear.lax, types.SimpleNamespace):  # off, or already on
+    """While active (and `enabled`), Flax's convolutions and d2lite's max pools trace the
+    stand-ins above: Linen's `nn.Conv` through a method interceptor (`nn.intercept_methods`),
+    NNX convolutions built with `conv_general_dilated_if_on` and `d2l.max_pool` by asking
+    `active()`. Nested, it stays on until the outermost one ends."""
+    if not enabled or active():  # off, or already on
         yield
         return
-    originals = linear.lax, pooling.lax
-    linear.lax = types.SimpleNamespace(**{**vars(lax), "conv_general_dilated": conv_general_dilated})
-    pooling.lax = types.SimpleNamespace(**{**vars(lax), "reduce_window": reduce_window})
-    nnx = sys.modules.get("flax.nnx")
-    nnx_defaults = nnx.Conv.__init__.__kwdefaults__ if nnx else {}
-    nnx_original = nnx_defaults.get("conv_general_dilated")
-    if nnx_original is not None:
-        nnx_defaults["conv_general_dilated"] = conv_general_dilated
+    token = _ON.set(True)
     try:
-        yield
+        with nn.intercept_methods(_linen_convs_stand_in):
+            yield
     finally:
-        linear.lax, pooling.lax = originals
-        if nnx_original is not None:
-            nnx_defaults["conv_general_dilated"] = nnx_original
+        _ON.reset(token)

@@ -2,7 +2,8 @@
 
 Search order: an explicit `data_dir`, `$D2LITE_DATA`, the user cache, then Debian's package
 dataset-fashion-mnist. Only when none holds all four files do we download (into the first
-writable choice of the same list), using tensorflow-datasets' TensorFlow-free download manager.
+writable choice of the same list) with the standard library's urllib, each file checked against
+its size and sha256 before it enters the folder.
 
     python -m d2lite.fetch [--data-dir DIR]
 """
@@ -10,6 +11,8 @@ writable choice of the same list), using tensorflow-datasets' TensorFlow-free do
 import argparse
 import contextlib
 import gzip
+import hashlib
+import http.client
 import math
 import os
 import shutil
@@ -23,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..devices.compile_cache import user_cache
-from ..errors import D2LiteError
+from ..errors import D2LiteError, first_line
 
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -45,7 +48,8 @@ OFFICIAL_CHECKSUMS: dict[str, tuple[int, str]] = {
 }
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 ALL_FILES = FILES["train"] + FILES["test"]
-PROBE_TIMEOUT_S = 10
+TIMEOUT_S = 10  # seconds without an answer (to connect, or for the next bytes) before giving up
+CHUNK_BYTES = 1 << 20
 HOW_TO_GET_DATA = (
     "pass --data-dir (data_dir=) or set D2LITE_DATA to a folder holding the four Fashion-MNIST .gz "
     "files, or on Debian/Ubuntu `apt-get install dataset-fashion-mnist`, or run `make data`"
@@ -145,55 +149,66 @@ def read_split(directory, split) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _probe(url: str) -> None:
-    # tfds's requests session retries a refused connection 10 times with exponential backoff
-    # (about 200 s) and sets no timeout, so we check reachability ourselves, once, with one.
+def _download_one(url: str, path: Path, size: int, sha256: str) -> None:
+    """Streams `url` into `path`, checking its size and sha256 on the way."""
+    name = path.name
+    mismatch = D2LiteError(
+        f"{name} downloaded from {url} does not match its checksum (a wrong or tampered mirror?); "
+        "try again later"
+    )
+
+    def network_error(e):
+        reason = getattr(e, "reason", None) or first_line(e)
+        return D2LiteError(f"downloading {url} failed ({reason}; no network?)")
+
     try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=PROBE_TIMEOUT_S).close()
+        # The timeout bounds the connection and each read, so a dead server fails in seconds.
+        response = urllib.request.urlopen(url, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as e:
         e.close()
-        if e.code != 405:  # a server that only refuses HEAD may still serve the GET
-            raise D2LiteError(f"downloading {url} failed (HTTP {e.code}: wrong URL?)") from e
-    except OSError as e:
-        reason = getattr(e, "reason", None) or e
-        raise D2LiteError(f"downloading {url} failed ({reason}; no network?)") from e
+        raise D2LiteError(f"downloading {url} failed (HTTP {e.code}: wrong URL?)") from e
+    except (OSError, http.client.HTTPException) as e:  # URLError, refused, timed out, reset
+        raise network_error(e) from e
+    digest, received = hashlib.sha256(), 0
+    with response, open(path, "wb") as out:
+        promised = response.headers.get("Content-Length")
+        if promised is not None and promised.isdigit() and int(promised) != size:
+            raise mismatch
+        while True:
+            try:
+                chunk = response.read(CHUNK_BYTES)
+            except (OSError, http.client.HTTPException) as e:  # cut off mid-file
+                raise network_error(e) from e
+            if not chunk:
+                break
+            received += len(chunk)
+            if received > size:  # never more than the expected size on disk
+                raise mismatch
+            digest.update(chunk)
+            out.write(chunk)
+    if received != size or digest.hexdigest() != sha256:
+        raise mismatch
 
 
 def _download(dest: Path, base_url: str, checksums: dict) -> None:
     """Downloads all four files, moving them into `dest` only once every one is verified."""
-    # tensorflow-datasets' TensorFlow-free parts; slow to import, so only when we download.
-    from tensorflow_datasets.core.download.checksums import UrlInfo
-    from tensorflow_datasets.core.download.download_manager import DownloadManager, NonMatchingChecksumError
-    from tensorflow_datasets.core.download.util import DownloadError
-    from tensorflow_datasets.core.units import Size
-
     created = not dest.exists()
     try:
         dest.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".download.tmp.", dir=dest))
     except OSError as e:
         raise D2LiteError(f"cannot write to {dest} ({e.strerror or e})") from e
-    urls = {name: base_url.rstrip("/") + "/" + name for name in ALL_FILES}
     try:
-        # Every file tfds writes (its `*.tmp.*` folders, `.INFO` files, `extracted/`) stays in
-        # `tmp`, which goes away below whatever happens; a file mismatching its checksum too.
-        infos = {
-            url: UrlInfo(Size(checksums[name][0]), checksums[name][1], name) for name, url in urls.items()
-        }
-        manager = DownloadManager(download_dir=tmp, force_checksums_validation=True, url_infos=infos)
-        downloaded = {}
-        for name, url in urls.items():
-            _probe(url)
+        # Each file is written into `tmp`, which goes away below whatever happens: a file that
+        # fails its check, or is cut off, never reaches `dest`.
+        for name in ALL_FILES:
+            size, sha256 = checksums[name]
             try:
-                downloaded[name] = Path(manager.download(url))
-            except NonMatchingChecksumError as e:
-                problem = "does not match its checksum (a wrong or tampered mirror?)"
-                raise D2LiteError(f"{name} downloaded from {url} {problem}; try again later") from e
-            except (DownloadError, OSError) as e:  # requests' errors are OSErrors
-                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise D2LiteError(f"downloading {url} failed ({reason}; no network?)") from e
-        for name, path in downloaded.items():
-            os.replace(path, dest / name)  # same file system, so atomic
+                _download_one(base_url.rstrip("/") + "/" + name, tmp / name, size, sha256)
+            except OSError as e:  # writing into tmp: the network's errors are D2LiteErrors by now
+                raise D2LiteError(f"cannot write to {dest} ({e.strerror or e})") from e
+        for name in ALL_FILES:
+            os.replace(tmp / name, dest / name)  # same file system, so atomic
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if created:  # a failed download leaves no empty folder behind; a full one stays

@@ -1,15 +1,8 @@
-"""Checkpoints of a run: orbax-checkpoint, one folder per training step, written atomically.
+"""Checkpoints of a run: orbax-checkpoint, one folder per training step.
 
-Orbax writes each checkpoint into `<step>.orbax-checkpoint-tmp/` and renames it to `<step>/`
-only once every file is on disk (with a `commit_success.txt` inside), so a process killed
-while writing leaves a temporary folder that is never read and is removed the next time
-the run is opened. Each checkpoint holds two items: `state`, the arrays (parameters,
-optimizer state, BatchNorm statistics, step and keys), and `meta`, JSON (epoch, position
-in the epoch, history, plot points, the settings the run must keep).
-
-After the commit we add the sha256 of every file (`d2lite-sha256.json`) and check them
-before reading: a checkpoint damaged later gets a clear error instead of whatever the
-storage layer raises (tensorstore also prints stray tracebacks when a read fails midway).
+Each checkpoint holds two items: `state`, the arrays (parameters, optimizer state, BatchNorm
+statistics, step and keys), and `meta`, JSON (epoch, position in the epoch, history, plot
+points, the settings the run must keep).
 
 orbax is imported on first use: it takes seconds, and runs without a directory never need it.
 """
@@ -52,16 +45,22 @@ class Checkpoints:
         return self.directory / str(step)
 
     def save(self, step, arrays, meta):
-        """Write `arrays` (a pytree) and `meta` (JSON) as checkpoint `step`; False if it exists."""
-        if step in self.steps():
-            return False
+        """Write `arrays` (a pytree) and `meta` (JSON) as checkpoint `step`; False (orbax's answer)
+        if it is not newer than the latest one, which is never overwritten."""
         args = self._ocp.args
         host = _to_host(arrays)
         saved = self._manager.save(
             step, args=args.Composite(state=args.StandardSave(host), meta=args.JsonSave(meta))
         )
         self._manager.wait_until_finished()
-        if saved:  # written atomically; a checkpoint killed before this just goes unchecked
+        # Orbax's atomic commit comes first: it writes the checkpoint into a temporary folder and
+        # renames it to `<step>/` once every file is on disk; a save cut off before that leaves
+        # only the temporary folder, which orbax never reads and removes (cleanup_tmp_directories).
+        # The sha256 file on top, written after the commit and checked before each read, is only
+        # for what orbax cannot detect: damage to the committed files later, which then gets a
+        # clear error instead of whatever tensorstore raises (it also prints stray tracebacks). A
+        # checkpoint killed between the commit and this file is complete, and read unchecked.
+        if saved:
             write_atomic(self.path(step) / CHECKSUMS, json.dumps(_file_hashes(self.path(step)), indent=0))
             self._verified.add(step)
         return saved
