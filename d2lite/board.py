@@ -110,8 +110,8 @@ class ProgressBoard:
         one was drawn less than `unless_drawn_within` seconds before: then the points wait for
         the next picture. The outermost block decides.
 
-        A picture costs 0.1-0.2 s of the host's time (PNG and SVG), which a GPU waiting for
-        its next step spends idle. So the Trainer holds each stretch of steps it reads, and an
+        A picture costs the host a tenth of a second or more (PNG and SVG; README), which a GPU
+        waiting for its next step spends idle. So the Trainer holds each stretch of steps it reads, and an
         epoch's last training point with its validation points, and skips a mid-epoch picture
         when the last one is recent: on a GPU a whole epoch can take under two seconds.
         """

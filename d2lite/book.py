@@ -11,6 +11,7 @@ short run is evaluated with statistics still near their initial values. Layers a
 writes with `nn.BatchNorm` keep Flax's default.
 """
 
+import contextvars
 import random
 import sys
 from functools import partial
@@ -22,7 +23,6 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from .devices import cpu_kernels
 from .errors import D2LiteError
 from .hparams import HyperParameters
 from .module import Classifier, Module
@@ -400,10 +400,11 @@ repeat = lambda x, *args, **kwargs: x.repeat(*args, **kwargs)  # noqa: E731
 
 
 # ---------------------------------------------------------------------------------- pooling
+# The max pool `max_pool` runs: None for Flax's; while the CPU stand-ins are on (they set it as
+# the Trainer traces, devices/cpu_kernels.py) one whose gradient XLA:CPU runs faster.
+MAX_POOL = contextvars.ContextVar("d2lite_max_pool", default=None)
+
+
 def max_pool(inputs, window_shape, strides=None, padding="VALID"):
-    """Flax's `nn.max_pool`, with which the chapters pool. While `cpu_kernels()` is on (the
-    Trainer on a CPU, as it traces), the stand-in of devices/cpu_kernels.py: the same numbers,
-    with a gradient XLA:CPU runs faster (ResNet's stem pool: 142 ms against 519)."""
-    if cpu_kernels.active():
-        return cpu_kernels.flax_max_pool(inputs, window_shape, strides, padding)
-    return nn.max_pool(inputs, window_shape, strides, padding)
+    """Flax's `nn.max_pool`, with which the chapters pool, or the stand-in of `MAX_POOL`."""
+    return (MAX_POOL.get() or nn.max_pool)(inputs, window_shape, strides, padding)

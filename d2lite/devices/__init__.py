@@ -4,7 +4,7 @@ stand-ins for slow XLA:CPU kernels (cpu_kernels.py) and the fast-compiling key f
 parameters (init_key.py); the last two as step transforms here."""
 
 from ..trainer import StepTransform
-from .cpu_kernels import cpu_kernels
+from . import cpu_kernels
 from .init_key import init_key
 
 
@@ -12,7 +12,7 @@ class CpuKernels(StepTransform):
     """Flax's convolutions and pools trace as XLA:CPU runs them fast (cpu_kernels.py)."""
 
     def tracing(self):
-        return cpu_kernels(True)
+        return cpu_kernels.cpu_kernels(True)
 
 
 class FastInitKey(StepTransform):

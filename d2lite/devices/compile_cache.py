@@ -2,13 +2,13 @@
 
 A ResNet-18 train step takes seconds to compile on a CPU, every run. With the cache, XLA's
 executables for programs that took over MIN_COMPILE_SECONDS to compile are kept in d2lite's
-user cache (`~/.cache/d2lite/jax`, $XDG_CACHE_HOME honoured) and loaded by the next run.
-JAX's own threshold, a second, would leave out a fit's smaller programs (LeNet's validation
-step and epoch permutation: 0.7 and 0.5 s on a CPU), which every run would then compile
-again; below a tenth of a second are single eager operations, which would only fill the
-cache. A directory chosen for JAX itself (JAX_COMPILATION_CACHE_DIR) is left as it is, with
-JAX's settings; D2LITE_COMPILE_CACHE=0 turns the cache off. It must be set before the first
-compilation, so `import d2lite` sets it.
+user cache (`~/.cache/d2lite/jax`, $XDG_CACHE_HOME honoured) and loaded by the next run. JAX's
+own threshold, a second, would leave out a fit's smaller programs (LeNet's validation step and
+epoch permutation, README), which every run would then compile again; below a tenth of a
+second are single eager operations, which would only fill the cache. A directory chosen for
+JAX itself (JAX_COMPILATION_CACHE_DIR) is left as it is, with JAX's settings;
+D2LITE_COMPILE_CACHE=0 turns the cache off. It must be set before the first compilation, so
+`import d2lite` sets it.
 """
 
 import os

@@ -1,22 +1,18 @@
 """Convolutions and max pools as XLA's CPU backend runs them fast, for the Flax layers the Trainer traces.
 
-XLA:CPU computes parts of a training step far slower than PyTorch does:
-- the gradient of the kernel (measured for a 3x3 64->64 convolution at batch 128, 24x24:
-  1.3-1.5 s, against 95 ms for the forward pass); as nine matrix products, one per kernel
-  offset, of the shifted inputs with the output gradient, it takes 0.26 s, which halves a
-  ResNet-18 step. Below 32 input channels the products win only where a layer widens
-  (LeNet's 6->16: 10.7 ms against 13.0 for the whole backward pass; 16->32 at 56x56: 110
-  against 164) and lose where it does not (16->16: 56 against 39), so only there;
+XLA:CPU computes parts of a training step far slower than PyTorch does (figures: README,
+"Devices, precision, compilation"), and these stand-ins compute them otherwise:
+- the gradient of the kernel: as one matrix product per kernel offset, of the shifted inputs
+  with the output gradient. Below 32 input channels the products win only where a layer
+  widens, so only there;
 - the first layer on gray images, with one input channel: its forward pass as one
-  multiply-add of a shifted view of the image per kernel offset (LeNet's 5x5 1->6: 1.5 ms
-  against 10.5; a 3x3 1->64 at 224x224: 231 against 406), with XLA's own gradients;
-- grouped convolutions and their gradients, 7 to 50 times slower than dense ones of the same
-  shapes; as a dense convolution with a block-diagonal kernel (the weights of group g connect
-  only input group g to output group g, the zeros get no gradient) they run at dense speed;
-- the gradient of a max pool (XLA's select-and-scatter): ResNet's 3x3 pool of stride 2 at
-  48x48x64, batch 128, forward and backward 519 ms, against 142 ms for `max_pool` below,
-  which keeps which offset of each window won and sends the gradient back through one
-  shifted (and, with strides, spread) copy per offset.
+  multiply-add of a shifted view of the image per kernel offset, with XLA's own gradients;
+- grouped convolutions and their gradients: as a dense convolution with a block-diagonal
+  kernel (the weights of group g connect only input group g to output group g, the zeros get
+  no gradient), at dense speed;
+- the gradient of a max pool (XLA's select-and-scatter): `max_pool` below keeps which offset
+  of each window won and sends the gradient back through one shifted (and, with strides,
+  spread) copy per offset.
 All give the same numbers up to the order of summation (a pool's gradient goes to the first
 maximum of a window, as XLA's does). While `cpu_kernels()` is on (the Trainer turns it on when
 it trains on a CPU, around its traces), three routes that Flax supports lead to them, and
@@ -36,6 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
+
+from ..book import MAX_POOL
 
 NHWC = ("NHWC", "HWIO", "NHWC")  # Flax's layout for images
 # Input channels from which the kernel gradient is faster as products (below: if the layer widens).
@@ -266,14 +264,15 @@ def _linen_convs_stand_in(next_fun, args, kwargs, context):
 def cpu_kernels(enabled=True):
     """While active (and `enabled`), Flax's convolutions and d2lite's max pools trace the
     stand-ins above: Linen's `nn.Conv` through a method interceptor (`nn.intercept_methods`),
-    NNX convolutions built with `conv_general_dilated_if_on` and `d2l.max_pool` by asking
-    `active()`. Nested, it stays on until the outermost one ends."""
+    NNX convolutions built with `conv_general_dilated_if_on` and `d2l.max_pool` through
+    `book.MAX_POOL`. Nested, it stays on until the outermost one ends."""
     if not enabled or active():  # off, or already on
         yield
         return
-    token = _ON.set(True)
+    token, pool = _ON.set(True), MAX_POOL.set(flax_max_pool)
     try:
         with nn.intercept_methods(_linen_convs_stand_in):
             yield
     finally:
         _ON.reset(token)
+        MAX_POOL.reset(pool)

@@ -13,11 +13,9 @@ def auto_dispatch_steps(trainer):
     """Training steps per call under `steps_per_dispatch="auto"`.
 
     One on a CPU. Off it, several only for a light step, under LIGHT_STEP_FLOPS in its
-    products and convolutions (LeNet's: 0.3 GFLOP at batch 128), which a GPU runs in less
-    time than Python needs to dispatch it. A heavier step (RegNet's 31 GFLOP, ResNet-18's
-    203) keeps the device busy one call at a time, so a loop of steps would only add
-    compile time (on an H200 GoogLeNet's first epoch took 25.9 s one step at a time, and
-    none ended within 50 s in loops of 32). A light epoch is cut into equal chunks of at
+    products and convolutions (LeNet's), which a GPU runs in less time than Python needs to
+    dispatch it. A heavier step keeps the device busy one call at a time, so a loop of steps
+    would only add compile time (README, "Steps per dispatch"). A light epoch is cut into equal chunks of at
     most 32 steps where its length allows, so that one program runs them all: 468 batches
     make 18 chunks of 26, not 14 of 32 and one of 20, which would compile a second program.
     """

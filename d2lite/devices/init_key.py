@@ -46,10 +46,9 @@ def init_key(key):
 
     JAX's threefry draws each parameter with its own block of hashing rounds, which XLA
     compiles parameter by parameter, and XLA's RngBitGenerator expands into a loop per
-    parameter: compiling GoogLeNet's init program took 24 s with threefry and 14-18 s with
-    RngBitGenerator on a 2-core CPU (ResNet-18's 10 s and 4-5 s). This generator draws bit i
-    of a tensor as a keyed hash of i (murmur3's finalizer, twice), one multiply-xor kernel
-    per tensor: 6-7 s for GoogLeNet, 1.6-1.8 s for ResNet-18. Its bits are not for cryptography
+    parameter. This generator draws bit i of a tensor as a keyed hash of i (murmur3's
+    finalizer, twice), one multiply-xor kernel per tensor, which compiles several times
+    faster (README: "Initial parameters", per chapter). Its bits are not for cryptography
     or long simulations, only for the few million numbers of an initialisation, which need no
     more than independent-looking values and distinct keys.
     """

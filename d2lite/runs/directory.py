@@ -118,17 +118,16 @@ def data_settings(data):
 
 
 def environment():
-    """Versions, devices and host: what the speed and the numbers of a run depend on."""
-    versions = {"python": platform.python_version()}
-    for dist in ("d2lite", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
-        versions[dist] = _version(dist)
+    """What the speed and the numbers of a run depend on: the fields `make report` reads (backend,
+    devices, the host's processor), the versions JAX does not list, and JAX's own report."""
     devices = jax.devices()
     return {
-        "versions": versions,
+        "versions": {dist: _version(dist) for dist in ("d2lite", "flax", "optax", "orbax-checkpoint")},
         "backend": jax.default_backend(),
         "device_kind": devices[0].device_kind,
         "devices": [str(d) for d in devices],
-        "host": {"platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count()},
+        "host": {"cpu": _cpu_name(), "cpu_count": os.cpu_count()},
+        "jax": jax.print_environment_info(return_string=True).strip().splitlines(),
     }
 
 
