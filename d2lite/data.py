@@ -7,6 +7,7 @@ device. Data modules written the book's way, with only `get_dataloader(train)`, 
 work: their batches are gathered into arrays once.
 """
 
+import itertools
 import math
 
 import jax
@@ -196,3 +197,16 @@ class FashionMNIST(DataModule):
         if not labels:
             labels = self.text_labels(y)
         return show_images(np.asarray(X)[..., 0], nrows, ncols, titles=labels)
+
+
+class Limited:
+    """The first `limit` batches of a loader (all when `limit` is None), as often as iterated."""
+
+    def __init__(self, loader, limit):
+        self.loader, self.limit = loader, limit
+
+    def __iter__(self):
+        return itertools.islice(self.loader, self.limit)
+
+    def __len__(self):
+        return len(self.loader) if self.limit is None else min(len(self.loader), self.limit)

@@ -17,7 +17,6 @@ through `Trainer.defaults`, which d2lite's `__init__` installs: this file import
 import contextlib
 import dataclasses
 import functools
-import itertools
 import math
 import time
 from typing import Any
@@ -31,6 +30,7 @@ from flax.training import train_state
 from jax import lax
 
 from . import book
+from .data import Limited
 from .errors import D2LiteError, check_outputs, input_error
 from .hparams import HyperParameters
 from .module import Classifier, for_evaluation, recording_plots
@@ -283,8 +283,8 @@ class Trainer(HyperParameters):
             )
         self.unroll_chunks = self.devices_in_use()[0].platform == "cpu"  # see train_chunk
         # The book's loaders, for a fit_epoch of the reader's own; ours reads resident arrays.
-        self.train_dataloader = _Limited(data.train_dataloader(), self.limit_train_batches)
-        self.val_dataloader = _Limited(data.val_dataloader(), self.limit_val_batches)
+        self.train_dataloader = Limited(data.train_dataloader(), self.limit_train_batches)
+        self.val_dataloader = Limited(data.val_dataloader(), self.limit_val_batches)
         self.num_train_batches = min(len(train[-1]) // self.batch_size, self.limit_train_batches or math.inf)
         self.num_val_batches = min(
             math.ceil(len(val[-1]) / self.batch_size), self.limit_val_batches or math.inf
@@ -388,7 +388,7 @@ class Trainer(HyperParameters):
             self.compile_programs()
             self.dispatch_steps = self._dispatch_steps(state)
             snapshot = Snapshot(state, self.place(shuffle_key), [], [])
-            for callback in self.callbacks:
+            for callback in self.callbacks:  # a run directory's resume hands back another snapshot
                 snapshot = callback.on_fit_start(self, snapshot) or snapshot
             self._go_on_from(snapshot)
             with self.tracing():
@@ -421,9 +421,7 @@ class Trainer(HyperParameters):
         return _compose(self.transforms, "place", tree)
 
     def snapshot(self):
-        seconds = (
-            time.perf_counter() - self._epoch_started + self._epoch_seconds if self.epoch_losses else 0.0
-        )
+        seconds = time.perf_counter() - self._epoch_started + self._epoch_seconds if self.epoch_losses else 0
         return Snapshot(
             self.state, self.shuffle_key, self.history, self.epoch_losses, seconds, self.wall_time()
         )
@@ -443,8 +441,7 @@ class Trainer(HyperParameters):
 
     def fit_epoch(self):
         """Train one epoch, hand what the steps plotted to `model.plot`, then validate."""
-        for callback in self.callbacks:
-            callback.on_epoch_start(self)
+        self._each("on_epoch_start")
         started = self._epoch_started = time.perf_counter()
         order = self.epoch_order(self.shuffle_key, self.epoch)
         plot_every = max(1, int(self.num_train_batches / self.model.plot_train_per_epoch))
@@ -465,17 +462,14 @@ class Trainer(HyperParameters):
             if len(pending) > 1:
                 # Wait for the chunk before this one: the device stays busy with this one, and
                 # the host never runs far ahead.
-                pending[-2][0].block_until_ready()
-                for callback in self.callbacks:
-                    callback.on_dispatch(self, pending[-2][0])
+                self._each("on_dispatch", pending[-2][0].block_until_ready())
                 if read_point:
                     self._read(pending[:-1])
                     del pending[:-1]
         with self.board.held():  # the epoch's last points, training and validation, in one picture
             self._read(pending)
             if pending:
-                for callback in self.callbacks:
-                    callback.on_dispatch(self, pending[-1][0])
+                self._each("on_dispatch", pending[-1][0])
             self.train_batch_idx = (self.epoch + 1) * self.num_train_batches
             seconds = time.perf_counter() - started + self._epoch_seconds
             record = {"epoch": self.epoch + 1, "step": self.train_batch_idx}
@@ -489,8 +483,7 @@ class Trainer(HyperParameters):
         record.update(examples_per_s=examples_per_s, seconds=seconds, wall_time=self.wall_time())
         self.history.append(record)
         self.epoch_losses, self._epoch_seconds = [], 0.0
-        for callback in self.callbacks:
-            callback.on_epoch_end(self, record)
+        self._each("on_epoch_end", record)
 
     def _read(self, chunks):
         """Copy finished chunks to the host: their losses to the callbacks and `epoch_losses`,
@@ -498,8 +491,7 @@ class Trainer(HyperParameters):
         if not chunks:
             return
         chunks = [jax.tree.map(to_host, chunk) for chunk in chunks]
-        for callback in self.callbacks:
-            callback.on_read(self, np.concatenate([losses for losses, _ in chunks]))
+        self._each("on_read", np.concatenate([losses for losses, _ in chunks]))
         with self.board.held(unless_drawn_within=MID_EPOCH_PICTURE_SECONDS):  # see ProgressBoard.held
             for losses, plotted in chunks:
                 for i, loss in enumerate(losses):
@@ -508,12 +500,15 @@ class Trainer(HyperParameters):
                         self.model.plot(key, values[i], train)
                     self.epoch_losses.append(float(loss))
 
+    def _each(self, hook, *args):
+        """Every callback's answer to `hook`, in list order."""
+        return [getattr(callback, hook)(self, *args) for callback in self.callbacks]
+
     def _should_stop(self, read_point):
-        return any([callback.should_stop(self, read_point) for callback in self.callbacks])  # all vote
+        return any(self._each("should_stop", read_point))  # every callback votes
 
     def _stop(self, where):
-        saved = [c.on_stop(self, self.snapshot()) for c in self.callbacks]
-        checkpoint = next((s for s in saved if s is not None), None)
+        checkpoint = next((s for s in self._each("on_stop", self.snapshot()) if s is not None), None)
         if checkpoint is None:
             raise TrainingInterrupted(f"interrupted {where} (no run directory, so no checkpoint)")
         raise TrainingInterrupted(
@@ -540,22 +535,7 @@ class Trainer(HyperParameters):
             # compiled), so that every batch runs the same program; they stay on the device.
             args = (self.state, resident.val, resident.val_mask)
             shapes = jax.eval_shape(self.batch_sums, self.evaluation_state(self.state), *args[1:], 0)
-            totals = _compose(
-                self.transforms, "place", jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-            )
+            totals = self.place(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
             for index in range(self.num_val_batches):  # one call a batch: XLA:CPU loops run slowly
                 totals = self.eval_batch(*args, index, totals)
         return {key: float(to_host(value)) / resident.num_val_examples for (key, _), value in totals.items()}
-
-
-class _Limited:
-    """The first `limit` batches of a loader (all when `limit` is None), as often as iterated."""
-
-    def __init__(self, loader, limit):
-        self.loader, self.limit = loader, limit
-
-    def __iter__(self):
-        return itertools.islice(self.loader, self.limit)
-
-    def __len__(self):
-        return len(self.loader) if self.limit is None else min(len(self.loader), self.limit)

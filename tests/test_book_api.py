@@ -69,6 +69,7 @@ def test_corr2d_against_hand_computed_values_and_a_convolution():
 
 def test_plot_draws_each_curve_on_the_current_axes():
     plt = d2l.plt
+    plt.close("all")  # a figure another test left open (the predictions grid) would be the current one
     x = np.arange(0, 3, 0.5)
     d2l.plot(x, [x, x**2], xlabel="x", ylabel="f(x)", legend=["x", "x^2"], xlim=[0, 3])
     axes = plt.gca()
