@@ -90,7 +90,7 @@ class ResNet9(d2l.Classifier):
 # %% [markdown]
 # ## The ingredients
 #
-# Each is a field of `d2l.Recipe` (d2lite/recipe.py), applied inside the jitted step:
+# Each is a field of `d2l.Recipe` (d2lite/recipe), applied inside the jitted step:
 #
 # - **Augmentation.** Every epoch shows each image shifted by up to 2 pixels, mirrored
 #   left-right half the time, and, half the time, with a random rectangle blanked out

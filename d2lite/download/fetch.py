@@ -5,7 +5,7 @@ dataset-fashion-mnist. Only when none holds all four files do we download (into 
 writable choice of the same list) with the standard library's urllib, each file checked against
 its size and sha256 before it enters the folder.
 
-    python -m d2lite.fetch [--data-dir DIR]
+    python -m d2lite.download.fetch [--data-dir DIR]
 """
 
 import argparse
@@ -249,7 +249,7 @@ def load(data_dir=None, **fetch_kwargs) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser("python -m d2lite.fetch", description=__doc__.split(".")[0])
+    parser = argparse.ArgumentParser("python -m d2lite.download.fetch", description=__doc__.split(".")[0])
     parser.add_argument(
         "--data-dir",
         help="the only folder to look in (and to download into); without it: $D2LITE_DATA, "

@@ -1,4 +1,4 @@
-"""The results report: `python -m d2lite.report` (`make report`) reads every run directory.
+"""The results report: `python -m d2lite.runs.report` (`make report`) reads every run directory.
 
 It writes `runs/REPORT.md`, a table per chapter (parameters, epochs, best and final
 validation accuracy, training speed, device) and `runs/report.png`, the validation
@@ -131,7 +131,7 @@ def write_report(root="runs", out=None):
         "# Training runs",
         "",
         f"{_count(len(found), 'run')} of {_count(len(chapters), 'chapter')} in `{root}/`, collected by "
-        f"`make report` (`python -m d2lite.report`) on {stamp}. Accuracies are on the validation "
+        f"`make report` (`python -m d2lite.runs.report`) on {stamp}. Accuracies are on the validation "
         "(test) split; epochs are done/planned, with the batches or examples an epoch when a run trained "
         "on part of the data (--quick, smoke runs); examples/s is the median over epochs of training "
         "examples per second; "
@@ -180,7 +180,7 @@ def plot_accuracy(chapters, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m d2lite.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m d2lite.runs.report", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="runs", help="the folder holding the run directories")
     parser.add_argument("--out", default=None, help="the report's path (default: RUNS/REPORT.md)")
     args = parser.parse_args(argv)
