@@ -4,6 +4,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -291,6 +292,21 @@ def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["8"]  # epoch 1's alone
 
 
+def test_one_writer_per_run_directory_and_a_killed_owner_leaves_it_free(tmp_path, reference, capsys):
+    run_dir = tmp_path / "run"
+    with Child(WAITS_FOR_SIGNALS, run_dir, 1) as owner:  # in epoch 2, after checkpoint 8
+        owner.wait_for("mid-epoch: waiting for signals")
+        in_use = f"{run_dir} is in use by pid {owner.process.pid} on {socket.gethostname()}: "
+        with pytest.raises(d2l.D2LiteError) as error:  # this process, a second writer
+            fit(TinyCNN(dropout=0.2), run_dir=run_dir, resume=True)
+        assert str(error.value).startswith(in_use) and "\n" not in str(error.value)
+        owner.process.kill()  # kill -9: no handler runs, the kernel drops its lock
+        owner.process.wait()
+    resumed = fit(TinyCNN(dropout=0.2), run_dir=run_dir, resume=True)
+    assert "from checkpoint 8 at epoch 2" in capsys.readouterr().out
+    assert_same_run(resumed, reference)
+
+
 def test_a_full_disk_is_a_one_line_error_and_keeps_the_last_checkpoint(tmp_path, reference):
     """Writes fail for real: the child lowers its file size limit (RLIMIT_FSIZE), as a full disk would."""
     script = (
@@ -324,6 +340,8 @@ def test_a_full_disk_is_a_one_line_error_and_keeps_the_last_checkpoint(tmp_path,
         f"error: cannot write checkpoint 16 in {run_dir} (File too large): {fix}; {kept}",
     ]
     assert "warning: cannot write the live plot" in done.stdout  # which training does without
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]  # orbax's own log of the failure too
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["8"]  # no half-written one
     resumed = fit(TinyCNN(dropout=0.2), max_epochs=EPOCHS, run_dir=run_dir, resume=True)  # space again
     assert [r["epoch"] for r in runs.read_metrics(run_dir)] == [1, 2, 3]
     for a, b in zip(

@@ -51,6 +51,7 @@ def test_a_run_directory_holds_config_metrics_plot_and_the_newest_checkpoints(tm
     assert trainer.compiles_per_epoch[1:] == [0, 0]  # checkpointing compiles nothing either
 
     assert sorted(p.name for p in run_dir.iterdir()) == [
+        ".lock",  # one writer at a time: pid and host of the last one
         "checkpoints",
         "config.json",
         "metrics.csv",

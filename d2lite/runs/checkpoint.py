@@ -7,8 +7,11 @@ points, the settings the run must keep).
 orbax is imported on first use: it takes seconds, and runs without a directory never need it.
 """
 
+import contextlib
 import hashlib
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import jax
@@ -49,10 +52,16 @@ class Checkpoints:
         if it is not newer than the latest one, which is never overwritten."""
         args = self._ocp.args
         host = _to_host(arrays)
-        saved = self._manager.save(
-            step, args=args.Composite(state=args.StandardSave(host), meta=args.JsonSave(meta))
-        )
-        self._manager.wait_until_finished()
+        try:
+            with _errors_not_logged():
+                saved = self._manager.save(
+                    step, args=args.Composite(state=args.StandardSave(host), meta=args.JsonSave(meta))
+                )
+                self._manager.wait_until_finished()
+        except BaseException:  # a full disk: the caller says so in one line; nothing half-written stays
+            for unfinished in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(unfinished, ignore_errors=True)
+            raise
         # Orbax's atomic commit comes first: it writes the checkpoint into a temporary folder and
         # renames it to `<step>/` once every file is on disk; a save cut off before that leaves
         # only the temporary folder, which orbax never reads and removes (cleanup_tmp_directories).
@@ -144,3 +153,16 @@ def _like(restored, like):
         return jax.random.wrap_key_data(restored, impl=jax.random.key_impl(like))
     dtype = like.dtype if hasattr(like, "dtype") else jax.dtypes.canonicalize_dtype(np.asarray(like).dtype)
     return jax.device_put(np.asarray(restored, dtype=dtype))
+
+
+@contextlib.contextmanager
+def _errors_not_logged():
+    """Orbax logs a failed write with its traceback (through absl's logger) before it raises the
+    error, which the run directory then reports in one line: the log is held back meanwhile."""
+    logger = logging.getLogger("absl")
+    below_errors = lambda record: record.levelno < logging.ERROR  # noqa: E731
+    logger.addFilter(below_errors)
+    try:
+        yield
+    finally:
+        logger.removeFilter(below_errors)

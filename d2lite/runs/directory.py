@@ -7,6 +7,7 @@ runs/<chapter>/<date>-<time>/      (the chapter CLI's default; any folder works)
                    (seconds since the run began, counting only time spent training)
     progress.png   the live plot (and progress.svg)
     checkpoints/   orbax checkpoints, one folder per training step (see runs/checkpoint.py)
+    .lock          held while a fit writes the run (one writer at a time), naming its process
 
 `RunDirectory` is the callback a Trainer's fit records one with: it saves a `Snapshot` between
 epochs (and at a stop), hands a resumed fit the snapshot of its checkpoint, and never runs
@@ -20,12 +21,14 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import fcntl
 import functools
 import io
 import json
 import os
 import platform
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -39,7 +42,7 @@ from ..errors import D2LiteError, first_line
 from ..recipe import Recipe
 from ..trainer import Callback, Snapshot, to_host
 
-CONFIG, METRICS, CHECKPOINTS = "config.json", "metrics.csv", "checkpoints"
+CONFIG, METRICS, CHECKPOINTS, LOCK = "config.json", "metrics.csv", "checkpoints", ".lock"
 # What a checkpoint's meta must hold for fit to continue from it.
 CHECKPOINT_META = "losses_in_epoch seconds_in_epoch wall_time board settings".split()
 
@@ -239,7 +242,7 @@ class RunDirectory(Callback):
             run_info,
             plot,
         )
-        self.checkpoints = None
+        self.checkpoints = self.lock = None
 
     @property
     def path(self):
@@ -263,6 +266,7 @@ class RunDirectory(Callback):
         """Open the checkpoints; write a new run's config, or return the checkpoint's snapshot."""
         from .checkpoint import Checkpoints  # imports orbax, which takes seconds
 
+        self.take_lock()
         if getattr(trainer.data, "source", None):
             print(f"data: {trainer.data.source}", flush=True)  # which copy of the files a recorded run read
         trainer.board.save_dir = self.path if self.plot else None
@@ -417,9 +421,34 @@ class RunDirectory(Callback):
         print(f"resuming {self.path} from checkpoint {step} at {where}", flush=True)
         return restored
 
+    def take_lock(self):
+        """One writer per run directory: a second process that opens it while it is in use gets an
+        error naming the owner. The lock is the kernel's (`flock`), so a process killed outright
+        releases it, and `--resume` after a crash just works. The processes of a multi-host run
+        share their run directory: the first one holds the lock for all."""
+        if jax.process_index() != 0:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise D2LiteError(
+                f"{self.path} is in use by {owner}: let that run finish or stop it (Ctrl-C), or use another "
+                "run directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        self.lock = fd
+
     def on_fit_end(self, trainer, error):
         if self.checkpoints is not None:
             self.checkpoints.close()
+        if self.lock is not None:
+            os.close(self.lock)  # which releases the lock
+            self.lock = None
         return None
 
 
