@@ -53,3 +53,19 @@ def test_the_notebook_starts_with_its_title_then_installs_d2lite_where_missing()
     assert cells[1].cell_type == "code" and "%pip install" in cells[1].source
     assert "import d2lite" in cells[1].source.split("%pip")[0]  # only when the import fails
     assert [c.source for c in cells].count(cells[1].source) == 1
+
+
+def test_the_install_cell_installs_from_the_declared_repository_or_says_how(tmp_path):
+    declared = tmp_path / "pyproject.toml"
+    declared.write_text(
+        '[project]\nname = "d2lite"\n[project.urls]\nRepository = "https://example.org/d2lite"\n'
+    )
+    url = TOOL["repository"](declared)
+    assert url == "https://example.org/d2lite"
+    assert TOOL["install_cell"](url).source.endswith('%pip install -q "git+https://example.org/d2lite"')
+    (tmp_path / "none.toml").write_text('[project]\nname = "d2lite"\n')
+    assert TOOL["repository"](tmp_path / "none.toml") is None
+    says_how = TOOL["install_cell"](None).source
+    assert "raise ImportError(" in says_how and "git+<the repository URL>" in says_how
+    assert not re.search(r"%pip install (-q )?\"?d2lite\b", says_how)  # never a bare index name
+    compile(says_how.replace("%pip", "pip"), "cell", "exec")  # valid Python apart from the magic

@@ -1,12 +1,14 @@
 """`make notebooks`: write notebooks/<chapter>.ipynb from each chapter's percent-format source.
 
 jupytext reads the `# %%` cells; the notebook gets one more cell at the top, which installs
-d2lite where it is missing (on Colab, say), from this checkout's repository when it has a
-remote, else from the package index. Usage: python tools/notebooks.py [CHAPTER ...] [--out DIR]
+d2lite where it is missing (on Colab, say) from the repository that pyproject.toml declares
+(`[project.urls] Repository`), and without one says how to install it: never from a bare
+package name on the public index, which this project does not own.
+Usage: python tools/notebooks.py [CHAPTER ...] [--out DIR]
 """
 
 import argparse
-import subprocess
+import tomllib
 from pathlib import Path
 
 import jupytext
@@ -17,31 +19,33 @@ CHAPTERS = sorted(p.stem for p in (ROOT / "chapters").glob("*.py") if p.stem != 
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
 
-def install_source():
-    """What `%pip install` takes for d2lite: git+<remote URL> of this checkout, or the name."""
-    try:
-        url = subprocess.run(
-            ["git", "-C", str(ROOT), "remote", "get-url", "origin"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "d2lite"
-    return f"git+{url}" if url.startswith(("https://", "http://", "git@", "ssh://")) else "d2lite"
+def repository(pyproject=ROOT / "pyproject.toml"):
+    """The repository URL pyproject.toml declares (`[project.urls]`, Repository or Source), or None."""
+    urls = tomllib.loads(Path(pyproject).read_text()).get("project", {}).get("urls", {})
+    return next((url for key, url in urls.items() if key.lower() in ("repository", "source")), None)
+
+
+def install_cell(url):
+    """The cell that installs d2lite where it is missing: from `url`, else it says how."""
+    if url:
+        install = f'    %pip install -q "git+{url}"'
+    else:
+        install = (
+            '    raise ImportError("d2lite is not installed here: install it from its repository, '
+            "%pip install 'git+<the repository URL>', or from a copy, %pip install -e <its folder>\")"
+        )
+    return new_code_cell(
+        "# Where d2lite is missing (Colab, a fresh kernel), install it first.\n"
+        "try:\n"
+        "    import d2lite  # noqa: F401\n"
+        "except ImportError:\n" + install
+    )
 
 
 def chapter_notebook(name):
     """The notebook of chapter `name`: its cells, with an install cell after the title."""
     notebook = jupytext.read(ROOT / "chapters" / f"{name}.py", fmt="py:percent")
-    install = new_code_cell(
-        "# Where d2lite is missing (Colab, a fresh kernel), install it first.\n"
-        "try:\n"
-        "    import d2lite  # noqa: F401\n"
-        "except ImportError:\n"
-        f'    %pip install -q "{install_source()}"'
-    )
-    notebook.cells.insert(1, install)  # after the title
+    notebook.cells.insert(1, install_cell(repository()))  # after the title
     notebook.metadata["kernelspec"] = KERNEL
     notebook.metadata.pop("jupytext", None)  # a plain notebook, not paired with the script
     return notebook
