@@ -21,14 +21,12 @@ import contextlib
 import csv
 import dataclasses
 import datetime
-import fcntl
 import functools
 import io
 import json
 import os
 import platform
 import re
-import socket
 import time
 from pathlib import Path
 
@@ -41,8 +39,9 @@ from ..board import write_atomic
 from ..errors import D2LiteError, first_line
 from ..recipe import Recipe
 from ..trainer import Callback, Snapshot, to_host
+from .lock import lock
 
-CONFIG, METRICS, CHECKPOINTS, LOCK = "config.json", "metrics.csv", "checkpoints", ".lock"
+CONFIG, METRICS, CHECKPOINTS = "config.json", "metrics.csv", "checkpoints"
 # What a checkpoint's meta must hold for fit to continue from it.
 CHECKPOINT_META = "losses_in_epoch seconds_in_epoch wall_time board settings".split()
 
@@ -266,7 +265,7 @@ class RunDirectory(Callback):
         """Open the checkpoints; write a new run's config, or return the checkpoint's snapshot."""
         from .checkpoint import Checkpoints  # imports orbax, which takes seconds
 
-        self.take_lock()
+        self.lock = None if jax.process_index() else lock(self.path)  # see lock.py
         if getattr(trainer.data, "source", None):
             print(f"data: {trainer.data.source}", flush=True)  # which copy of the files a recorded run read
         trainer.board.save_dir = self.path if self.plot else None
@@ -420,28 +419,6 @@ class RunDirectory(Callback):
             self.write_config(trainer, restored, resumed=resumed)
         print(f"resuming {self.path} from checkpoint {step} at {where}", flush=True)
         return restored
-
-    def take_lock(self):
-        """One writer per run directory: a second process that opens it while it is in use gets an
-        error naming the owner. The lock is the kernel's (`flock`), so a process killed outright
-        releases it, and `--resume` after a crash just works. The processes of a multi-host run
-        share their run directory: the first one holds the lock for all."""
-        if jax.process_index() != 0:
-            return
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise D2LiteError(
-                f"{self.path} is in use by {owner}: let that run finish or stop it (Ctrl-C), or use another "
-                "run directory"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
-        self.lock = fd
 
     def on_fit_end(self, trainer, error):
         if self.checkpoints is not None:
