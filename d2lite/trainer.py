@@ -187,7 +187,7 @@ def train_chunk(state, arrays, order, start, *, num_steps, unrolled, step, trans
 
 def batch_sums(state, arrays, mask, index, *, model, preprocess, prepare_batch, transforms, batch_size):
     """The masked sums of what `validation_step` plots over validation batch `index`, with
-    the state as evaluation uses it."""
+    `state` as evaluation uses it (`Trainer.evaluation_state`)."""
     split = lambda x: _compose(transforms, "split", x)  # noqa: E731
     rows = tuple(split(lax.dynamic_slice_in_dim(a, index * batch_size, batch_size)) for a in arrays)
     weights = split(lax.dynamic_slice_in_dim(mask, index * batch_size, batch_size))
@@ -360,11 +360,13 @@ class Trainer(HyperParameters):
 
         step = functools.partial(train_step, model=self.model, **common)
         chunk = functools.partial(train_chunk, step=step, unrolled=self.unroll_chunks, transforms=transforms)
-        # Jitted on its own too: `evaluate` traces it for the shapes of the sums, once.
-        sums = jax.jit(functools.partial(batch_sums, model=self.eval_model, batch_size=batch_size, **common))
+        sums_of = functools.partial(batch_sums, model=self.eval_model, batch_size=batch_size, **common)
+        # Jitted on its own too, on the training state: `evaluate` traces it for the shapes of the
+        # sums once (an evaluation state's apply function is made anew at each call).
+        sums = jax.jit(lambda state, *args: sums_of(self.evaluation_state(state), *args))
 
         def eval_batch(state, arrays, mask, index, totals):
-            return jax.tree.map(jnp.add, totals, sums(self.evaluation_state(state), arrays, mask, index))
+            return jax.tree.map(jnp.add, totals, sums(state, arrays, mask, index))
 
         self.epoch_order = jax.jit(epoch_order)
         self.train_chunk = jax.jit(chunk, donate_argnums=0, static_argnames="num_steps")
@@ -534,7 +536,7 @@ class Trainer(HyperParameters):
             # The sums start from zeros shaped like what validation_step plots (traced, not
             # compiled), so that every batch runs the same program; they stay on the device.
             args = (self.state, resident.val, resident.val_mask)
-            shapes = jax.eval_shape(self.batch_sums, self.evaluation_state(self.state), *args[1:], 0)
+            shapes = jax.eval_shape(self.batch_sums, *args, 0)
             totals = self.place(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
             for index in range(self.num_val_batches):  # one call a batch: XLA:CPU loops run slowly
                 totals = self.eval_batch(*args, index, totals)
