@@ -15,6 +15,7 @@
 from flax import linen as nn
 
 import d2lite as d2l
+from d2lite.models import dense_head, max_pool_3x3_s2
 
 # %% [markdown]
 # ## The model
@@ -22,7 +23,8 @@ import d2lite as d2l
 # Five convolutions with 96, 256, 384, 384 and 256 channels (the first 11x11 with stride 4),
 # 3x3 max pools with stride 2 (overlapping windows, AlexNet's choice), then two dense layers
 # of 4096 units with dropout 0.5 and a dense output layer. The three pools need inputs of at
-# least 65x65: smaller ones leave no pixels.
+# least 65x65: smaller ones leave no pixels. The pool (`max_pool_3x3_s2`) and the dense layers
+# (`dense_head`) are saved in `d2lite.models`, since NiN and VGG reuse them.
 #
 # Nothing departs from the book's JAX code except spelling: the paddings are written out as
 # the book's PyTorch paddings (2 for the 5x5 convolution, 1 for the 3x3 ones), which give the
@@ -31,29 +33,6 @@ import d2lite as d2l
 
 
 # %%
-def max_pool_3x3_s2(x):
-    """The overlapping 3x3 max pool with stride 2 that AlexNet introduced.
-
-    `d2l.max_pool` is Flax's `nn.max_pool`, which the Trainer on a CPU traces as a stand-in
-    with a faster gradient (d2lite/devices/cpu_kernels.py); the chapters pool with it."""
-    return d2l.max_pool(x, window_shape=(3, 3), strides=(2, 2))
-
-
-def flatten(x):
-    return x.reshape((x.shape[0], -1))
-
-
-def dense_head(num_classes, training):
-    """Flatten, two dense layers of 4096 units with ReLU and dropout 0.5, then the class scores.
-
-    VGG (section 8.2) ends with the same layers.
-    """
-    layers = [flatten]
-    for _ in range(2):
-        layers += [nn.Dense(4096), nn.relu, nn.Dropout(0.5, deterministic=not training)]
-    return [*layers, nn.Dense(num_classes)]
-
-
 class AlexNet(d2l.Classifier):
     """AlexNet for 1-channel images: five convolutions, three dense layers."""
 

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 import d2lite as d2l
-from chapters.nin import global_avg_pool
 from d2lite.book import BatchNorm
+from d2lite.models import global_avg_pool
 
 # %% [markdown]
 # ## Dense blocks

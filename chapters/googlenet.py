@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 import d2lite as d2l
-from chapters.nin import KERNEL_INITS, global_avg_pool, init_flag
+from d2lite.models import KERNEL_INITS, global_avg_pool
 
 # %% [markdown]
 # ## The Inception block
@@ -82,7 +82,7 @@ class GoogleNet(d2l.Classifier):
 
     lr: float = 0.01
     num_classes: int = 10
-    weight_init: str = "lecun"  # a key of nin.KERNEL_INITS, for every kernel
+    weight_init: str = "lecun"  # a key of d2lite.models.KERNEL_INITS, for every kernel
 
     def setup(self):
         self.net = nn.Sequential(
@@ -163,7 +163,7 @@ if __name__ == "__main__":
         lr=0.01,
         resize=96,
         smoke_resize=32,
-        options=partial(init_flag, default="he"),
+        options=partial(d2l.init_flag, default="he"),
     )
     model = GoogleNet(lr=args.lr, weight_init=args.init)
     if args.init == "he":

@@ -14,29 +14,21 @@
 # %%
 from functools import partial
 
-import jax.numpy as jnp
 from flax import linen as nn
 
 import d2lite as d2l
-from chapters.alexnet import max_pool_3x3_s2
+from d2lite.models import KERNEL_INITS, global_avg_pool, max_pool_3x3_s2
 
 # %% [markdown]
 # ## The NiN block
 #
-# One convolution, then two 1x1 convolutions, each followed by ReLU.
+# One convolution, then two 1x1 convolutions, each followed by ReLU. The kernels start from
+# one of `KERNEL_INITS` (saved in `d2lite.models`, since GoogLeNet chooses among them too):
+# Flax's default LeCun-normal (the book's JAX code), the Xavier-uniform of the book's
+# `init_cnn` in its PyTorch and MXNet code, or He et al.'s (2015) for ReLU networks.
 
 
 # %%
-# Kernel initialisations: Flax's default (the book's JAX code), the Xavier-uniform one of the
-# book's `init_cnn` in its PyTorch and MXNet code, and He et al.'s (2015) for ReLU networks,
-# which the book does not use (GoogLeNet needs it to start learning: see its chapter).
-KERNEL_INITS = {
-    "lecun": nn.initializers.lecun_normal(),
-    "xavier": nn.initializers.xavier_uniform(),
-    "he": nn.initializers.he_normal(),
-}
-
-
 def nin_block(out_channels, kernel_size, strides, padding, kernel_init=KERNEL_INITS["lecun"]):
     """A convolution, then two 1x1 convolutions (a per-pixel MLP), each followed by ReLU."""
     conv = partial(nn.Conv, out_channels, kernel_init=kernel_init)
@@ -62,18 +54,13 @@ def nin_block(out_channels, kernel_size, strides, padding, kernel_init=KERNEL_IN
 # Departures from the book's JAX code: the book ends with `nn.avg_pool(x, (5, 5))` and a
 # flatten. That window equals the feature map only at 224x224; at 96x96 the last map is 1x1
 # and the fixed 5x5 window leaves nothing, and at other sizes it averages only part of the
-# map. Here `global_avg_pool` averages over the whole height and width (and needs no
-# flatten), so the model runs at any input size from 67x67 up (smaller inputs leave no pixels
+# map. Here `global_avg_pool` (saved in `d2lite.models`: later chapters pool with it too)
+# averages over the whole height and width (and needs no flatten), so the model runs at any input size from 67x67 up (smaller inputs leave no pixels
 # after the three pools). The book also writes `num_classes = 10` without a type annotation,
 # which makes it a class constant rather than a field; here it is a field.
 
 
 # %%
-def global_avg_pool(x):
-    """(B, H, W, C) -> (B, C): the mean over the whole height and width, at any input size."""
-    return jnp.mean(x, axis=(1, 2))
-
-
 class NiN(d2l.Classifier):
     """Network in Network: four NiN blocks and a global average pool, no dense layers."""
 
@@ -99,17 +86,6 @@ class NiN(d2l.Classifier):
         )
 
 
-def init_flag(parser, default="lecun"):
-    """The --init flag of the chapters whose networks take any of KERNEL_INITS."""
-    parser.add_argument(
-        "--init",
-        choices=sorted(KERNEL_INITS),
-        default=default,
-        help="kernel initialisation: lecun (Flax's default, as the book's JAX code), xavier (the "
-        "book's init_cnn in its PyTorch and MXNet code) or he (for ReLU networks; not the book's)",
-    )
-
-
 # %% [markdown]
 # ## Shapes, layer by layer
 #
@@ -128,7 +104,7 @@ if __name__ == "__main__":
         lr=0.05,
         resize=224,
         smoke_resize=67,
-        options=init_flag,
+        options=d2l.init_flag,
     )
     model = NiN(lr=args.lr, weight_init=args.init)
     model.layer_summary((1, args.resize, args.resize, 1))

@@ -15,8 +15,8 @@
 from flax import linen as nn
 
 import d2lite as d2l
-from chapters.nin import global_avg_pool
 from d2lite.book import BatchNorm
+from d2lite.models import global_avg_pool
 
 # %% [markdown]
 # ## AnyNet and RegNetX

@@ -23,9 +23,9 @@ from flax.core import FrozenDict
 from flax.nnx import bridge
 
 import d2lite as d2l
-from chapters.nin import global_avg_pool
 from d2lite.book import BN_MOMENTUM
 from d2lite.devices.cpu_kernels import conv_general_dilated_if_on
+from d2lite.models import global_avg_pool
 from d2lite.module import layer_name
 
 # %% [markdown]

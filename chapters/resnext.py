@@ -15,7 +15,7 @@
 from flax import linen as nn
 
 import d2lite as d2l
-from chapters.resnet import ResNet
+from d2lite.models.resnet import ResNet
 
 # %% [markdown]
 # ## The ResNeXt block in the ResNet template
@@ -24,7 +24,8 @@ from chapters.resnet import ResNet
 # which each of the `groups` groups maps its own `bot_channels / groups` channels to as many
 # outputs (`groups` times fewer weights and multiply-adds than a dense 3x3), and a 1x1
 # convolution back to `num_channels` that mixes the groups again. `ResNeXt` is the ResNet
-# template of `chapters.resnet` (same stem, stages and head) with these blocks.
+# template of the ResNet chapter (same stem, stages and head; saved in `d2lite.models.resnet`)
+# with these blocks.
 #
 # The network keeps ResNet-18's layout, stages of two blocks with 64, 128, 256 and 512
 # channels, with `groups=16` and `bot_mul=1`, the book's example block. Cardinality 16 rather
@@ -45,7 +46,7 @@ from chapters.resnet import ResNet
 
 # %%
 class ResNeXt(ResNet):
-    """The ResNet template (stem, stages, head from `chapters.resnet`) with ResNeXt blocks of
+    """The ResNet template (stem, stages, head: `d2lite.models.resnet`) with ResNeXt blocks of
     `groups` groups each (cardinality)."""
 
     arch: tuple = ((2, 64), (2, 128), (2, 256), (2, 512))

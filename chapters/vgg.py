@@ -14,7 +14,7 @@
 from flax import linen as nn
 
 import d2lite as d2l
-from chapters.alexnet import dense_head
+from d2lite.models import dense_head
 
 # %% [markdown]
 # ## The VGG block

@@ -12,7 +12,7 @@ from .board import ProgressBoard
 from .book import *  # noqa: F403 (the book's models, optimizer, devices and tensor aliases)
 from .callbacks import defaults
 from .callbacks.progress import ProgressLine
-from .cli import chapter_args
+from .cli import chapter_args, init_flag
 from .data import DataModule, FashionMNIST, SyntheticRegressionData
 from .devices.compile_cache import enable_compile_cache
 from .errors import D2LiteError
@@ -42,5 +42,5 @@ reduce_sum argmax astype reduce_mean swapaxes repeat""".split()
 __all__ = (
     BOOK
     + """Callback D2LiteError ProgressLine Snapshot StepTransform TrainState TrainingInterrupted chapter_args
-plot_predictions max_pool""".split()
+plot_predictions max_pool init_flag""".split()
 )

@@ -11,6 +11,7 @@ from ..board import in_notebook
 from ..callbacks import fast_dev_run
 from ..devices.precision import PRECISIONS
 from ..errors import D2LiteError, first_line
+from ..models import KERNEL_INITS
 from ..recipe import SCHEDULES, Recipe
 from ..runs import directory as runs
 
@@ -307,4 +308,15 @@ def start_distributed():
         f"distributed: process {jax.process_index()} of {jax.process_count()}, "
         f"{jax.device_count()} devices in all",
         flush=True,
+    )
+
+
+def init_flag(parser, default="lecun"):
+    """The --init flag of the chapters whose networks take any of `d2lite.models.KERNEL_INITS`."""
+    parser.add_argument(
+        "--init",
+        choices=sorted(KERNEL_INITS),
+        default=default,
+        help="kernel initialisation: lecun (Flax's default, as the book's JAX code), xavier (the "
+        "book's init_cnn in its PyTorch and MXNet code) or he (for ReLU networks; not the book's)",
     )
