@@ -7,7 +7,9 @@
 #
 # This file is a script and a notebook at once (jupytext's percent format):
 # `python -m chapters.lenet` trains it (`--help` lists the flags), and `make notebooks`
-# writes `notebooks/lenet.ipynb`, where the same cells run one by one.
+# writes `notebooks/lenet.ipynb`, where the same cells run one by one. The notebook's cells
+# (`active="ipynb"`, commented out here) write the chapter's values out, as the book does;
+# the script's cell (`active="py"`, left out of the notebook) takes them from its flags.
 
 
 # %%
@@ -42,6 +44,44 @@ class LeNet(d2l.LeNet):
         return optax.adam(self.lr) if self.optimizer == "adam" else super().configure_optimizers()
 
 
+# %% [markdown]
+# ## Shapes, layer by layer
+#
+# The chapter's model: LeNet with Adam at lr 0.003 (`LeNet(lr=0.1, optimizer="sgd")` is the
+# book's recipe). Its layers and their output shapes on one 28x28 image:
+
+
+# %% active="ipynb"
+# model = LeNet(lr=0.003, optimizer="adam")
+# model.layer_summary((1, 28, 28, 1))
+
+
+# %% [markdown]
+# ## Training
+#
+# Ten epochs over the 60,000 training images in batches of 128, validated on the 10,000
+# test images after each epoch; the plot redraws as training goes.
+
+
+# %% active="ipynb"
+# data = d2l.FashionMNIST(batch_size=128)
+# trainer = d2l.Trainer(max_epochs=10, num_gpus=1)
+# trainer.fit(model, data)
+
+
+# %% [markdown]
+# ## Results
+#
+# The final validation accuracy, then validation images titled with their true and predicted
+# labels, mistakes first.
+
+
+# %% active="ipynb"
+# print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+# d2l.plot_predictions(trainer)
+
+
+# %% active="py"
 DEFAULT_LR = {"adam": 0.003, "sgd": 0.1}
 
 
@@ -55,18 +95,11 @@ def options(parser):
     )
 
 
-# %% [markdown]
-# ## Shapes, layer by layer
-#
-# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
-# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
-# settings: in a script the command line's, in a notebook the defaults given here.
-
-
-# %%
-if __name__ == "__main__":
+def main(argv=None):
+    """The script: the cells above with the command line's values (`--help` lists the flags);
+    returns its variables (`args`, `model`, `data`, `trainer`)."""
     args = d2l.chapter_args(
-        "lenet", "LeNet (D2L 7.6)", epochs=10, batch_size=128, lr=None, resize=28, options=options
+        "lenet", "LeNet (D2L 7.6)", epochs=10, batch_size=128, lr=None, resize=28, options=options, argv=argv
     )
     model = LeNet(lr=args.lr or DEFAULT_LR[args.optimizer], optimizer=args.optimizer)
     if args.optimizer == "adam":
@@ -75,34 +108,16 @@ if __name__ == "__main__":
             "for hundreds of steps with LeNet's sigmoids (--optimizer sgd: the book's recipe)"
         )
     model.layer_summary((1, args.resize, args.resize, 1))
-
-
-# %% [markdown]
-# ## Training
-#
-# Ten epochs over the 60,000 training images in batches of 128, validated on the 10,000
-# test images after each epoch; the plot redraws as training goes.
-
-
-# %%
-if __name__ == "__main__":
     data = d2l.FashionMNIST(
         batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
     )
     trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
     trainer.fit(model, data)
-
-
-# %% [markdown]
-# ## Results
-#
-# The final validation accuracy, then validation images titled with their true and predicted
-# labels, mistakes first (a script saves them to `predictions.png` in the run directory when
-# given `--predictions`).
-
-
-# %%
-if __name__ == "__main__":
     print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
     if args.predictions:
         d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")
+    return locals()
+
+
+if __name__ == "__main__":
+    main()

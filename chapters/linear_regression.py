@@ -33,21 +33,16 @@ TRUE_B = 4.2
 # %% [markdown]
 # ## Training
 #
-# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
-# when a test imports this file. `d2l.chapter_args` holds the settings: in a script the
-# command line's, in a notebook the book's (3 epochs, batch 32, lr 0.03). There are no images,
-# so the image flags (`--resize`, `--data-dir`, ...) are left out.
+# The book's values: 3 epochs of SGD at lr 0.03 in batches of 32. The script (`main`, at the
+# end of the file) takes them from its flags; there are no images, so it has no image flags
+# (`--resize`, `--data-dir`, ...).
 
 
-# %%
-if __name__ == "__main__":
-    args = d2l.chapter_args(
-        "linear_regression", "Linear regression (D2L 3.4-3.5)", epochs=3, batch_size=32, lr=0.03, resize=None
-    )
-    data = d2l.SyntheticRegressionData(w=d2l.tensor(TRUE_W), b=TRUE_B, batch_size=args.batch_size)
-    model = d2l.LinearRegression(lr=args.lr)
-    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
-    trainer.fit(model, data)
+# %% active="ipynb"
+# data = d2l.SyntheticRegressionData(w=d2l.tensor([2, -3.4]), b=4.2)
+# model = d2l.LinearRegression(lr=0.03)
+# trainer = d2l.Trainer(max_epochs=3)
+# trainer.fit(model, data)
 
 
 # %% [markdown]
@@ -56,8 +51,34 @@ if __name__ == "__main__":
 # How far the learned parameters are from the true ones.
 
 
-# %%
-if __name__ == "__main__":
+# %% active="ipynb"
+# w, b = model.get_w_b(trainer.state)
+# print(f"error in estimating w: {data.w - w.reshape(data.w.shape)}")
+# print(f"error in estimating b: {data.b - b}")
+
+
+# %% active="py"
+def main(argv=None):
+    """The script: the cells above with the command line's values (`--help` lists the flags);
+    returns its variables (`args`, `model`, `data`, `trainer`)."""
+    args = d2l.chapter_args(
+        "linear_regression",
+        "Linear regression (D2L 3.4-3.5)",
+        epochs=3,
+        batch_size=32,
+        lr=0.03,
+        resize=None,
+        argv=argv,
+    )
+    data = d2l.SyntheticRegressionData(w=d2l.tensor(TRUE_W), b=TRUE_B, batch_size=args.batch_size)
+    model = d2l.LinearRegression(lr=args.lr)
+    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
+    trainer.fit(model, data)
     w, b = model.get_w_b(trainer.state)
     print(f"error in estimating w: {np.asarray(TRUE_W) - np.asarray(w).reshape(-1)}")
     print(f"error in estimating b: {TRUE_B - float(b[0]):.4f}")
+    return locals()
+
+
+if __name__ == "__main__":
+    main()

@@ -114,7 +114,56 @@ class ResNet9(d2l.Classifier):
 # And from the step itself: batches of 512 (the data already lives on the device, so a large
 # batch costs nothing to gather) with Nesterov momentum.
 
-# %%
+
+# %% [markdown]
+# ## Shapes, layer by layer
+
+
+# %% active="ipynb"
+# model = ResNet9(width=64, lr=0.2, nesterov=True, logit_scale=0.125)
+# model.layer_summary((1, 28, 28, 1))
+# recipe = d2l.Recipe(
+#     crop_padding=2,
+#     flip=True,
+#     erase=0.5,
+#     schedule="cosine",
+#     warmup_epochs=1,
+#     label_smoothing=0.1,
+#     weight_decay=5e-4,
+#     ema=0.99,
+#     tta_flip=True,
+# )
+# print(f"recipe: {recipe.describe()}")
+
+
+# %% [markdown]
+# ## Training
+#
+# Sixteen epochs over 55,000 training images, validated on the 5,000 held out.
+
+
+# %% active="ipynb"
+# data = d2l.FashionMNIST(batch_size=512, holdout=5000)
+# trainer = d2l.Trainer(max_epochs=16, recipe=recipe)
+# trainer.fit(model, data)
+
+
+# %% [markdown]
+# ## Results
+#
+# The validation accuracy on the held-out images, then the one score on the 10,000 test
+# images and the time since the process started.
+
+
+# %% active="ipynb"
+# held_out = f"the {trainer.num_val_examples} held-out training images"
+# print(f"validation accuracy: {trainer.history[-1]['val_acc']:.4f} ({held_out})")
+# test = trainer.evaluate(data.test_data())
+# print(f"test accuracy: {test['acc']:.4f} ({time.time() - STARTED:.1f} s since the process started)")
+# d2l.plot_predictions(trainer)
+
+
+# %% active="py"
 RECIPE = dict(
     crop_padding=2,
     flip=True,
@@ -147,12 +196,9 @@ def options(parser):
     parser.set_defaults(**RECIPE)
 
 
-# %% [markdown]
-# ## Shapes, layer by layer
-
-
-# %%
-if __name__ == "__main__":
+def main(argv=None):
+    """The script: the cells above with the command line's values (`--help` lists the flags);
+    returns its variables (`args`, `model`, `data`, `trainer`)."""
     args = d2l.chapter_args(
         "modern_recipe",
         "Beyond the book: a modern recipe",
@@ -161,22 +207,13 @@ if __name__ == "__main__":
         lr=0.2,
         resize=28,
         options=options,
+        argv=argv,
     )
     model = ResNet9(
         width=args.width, lr=args.lr, nesterov=args.optimizer == "nesterov", logit_scale=args.logit_scale
     )
     model.layer_summary((1, args.resize, args.resize, 1))
     print(f"recipe: {args.trainer_options['recipe'].describe()}")
-
-
-# %% [markdown]
-# ## Training
-#
-# Sixteen epochs over 55,000 training images, validated on the 5,000 held out.
-
-
-# %%
-if __name__ == "__main__":
     data = d2l.FashionMNIST(
         batch_size=args.batch_size,
         resize=(args.resize, args.resize),
@@ -185,20 +222,14 @@ if __name__ == "__main__":
     )
     trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
     trainer.fit(model, data)
-
-
-# %% [markdown]
-# ## Results
-#
-# The validation accuracy on the held-out images, then the one score on the 10,000 test
-# images and the time since the process started.
-
-
-# %%
-if __name__ == "__main__":
     held_out = f"the {trainer.num_val_examples} held-out training images"
     print(f"validation accuracy: {trainer.history[-1]['val_acc']:.4f} ({held_out})")
     test = trainer.evaluate(data.test_data(num_val=args.num_val))  # --num-val: the first N of each
     print(f"test accuracy: {test['acc']:.4f} ({time.time() - STARTED:.1f} s since the process started)")
     if args.predictions:
         d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")
+    return locals()
+
+
+if __name__ == "__main__":
+    main()

@@ -55,8 +55,9 @@ def nin_block(out_channels, kernel_size, strides, padding, kernel_init=KERNEL_IN
 # flatten. That window equals the feature map only at 224x224; at 96x96 the last map is 1x1
 # and the fixed 5x5 window leaves nothing, and at other sizes it averages only part of the
 # map. Here `global_avg_pool` (saved in `d2lite.models`: later chapters pool with it too)
-# averages over the whole height and width (and needs no flatten), so the model runs at any input size from 67x67 up (smaller inputs leave no pixels
-# after the three pools). The book also writes `num_classes = 10` without a type annotation,
+# averages over the whole height and width (and needs no flatten), so the model runs at any
+# input size from 67x67 up (smaller inputs leave no pixels after the three pools). The book
+# also writes `num_classes = 10` without a type annotation,
 # which makes it a class constant rather than a field; here it is a field.
 
 
@@ -89,25 +90,13 @@ class NiN(d2l.Classifier):
 # %% [markdown]
 # ## Shapes, layer by layer
 #
-# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
-# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
-# settings: in a script the command line's, in a notebook the defaults given here.
+# The notebook's cells write the chapter's values out, as the book does; the script (`main`,
+# at the end of the file) takes them from its flags, `--help` lists them.
 
 
-# %%
-if __name__ == "__main__":
-    args = d2l.chapter_args(
-        "nin",
-        "Network in Network (D2L 8.3)",
-        epochs=10,
-        batch_size=128,
-        lr=0.05,
-        resize=224,
-        smoke_resize=67,
-        options=d2l.init_flag,
-    )
-    model = NiN(lr=args.lr, weight_init=args.init)
-    model.layer_summary((1, args.resize, args.resize, 1))
+# %% active="ipynb"
+# model = NiN(lr=0.05)
+# model.layer_summary((1, 224, 224, 1))
 
 
 # %% [markdown]
@@ -132,13 +121,10 @@ if __name__ == "__main__":
 # 2.3026: unlike GoogLeNet's, NiN's slow start is not the initialisation's doing.
 
 
-# %%
-if __name__ == "__main__":
-    data = d2l.FashionMNIST(
-        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
-    )
-    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
-    trainer.fit(model, data)
+# %% active="ipynb"
+# data = d2l.FashionMNIST(batch_size=128, resize=(224, 224))
+# trainer = d2l.Trainer(max_epochs=10, num_gpus=1)
+# trainer.fit(model, data)
 
 
 # %% [markdown]
@@ -149,8 +135,38 @@ if __name__ == "__main__":
 # given `--predictions`).
 
 
-# %%
-if __name__ == "__main__":
+# %% active="ipynb"
+# print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+# d2l.plot_predictions(trainer)
+
+
+# %% active="py"
+def main(argv=None):
+    """The script: the cells above with the command line's values (`--help` lists the flags);
+    returns its variables (`args`, `model`, `data`, `trainer`)."""
+    args = d2l.chapter_args(
+        "nin",
+        "Network in Network (D2L 8.3)",
+        epochs=10,
+        batch_size=128,
+        lr=0.05,
+        resize=224,
+        smoke_resize=67,
+        options=d2l.init_flag,
+        argv=argv,
+    )
+    model = NiN(lr=args.lr, weight_init=args.init)
+    model.layer_summary((1, args.resize, args.resize, 1))
+    data = d2l.FashionMNIST(
+        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
+    )
+    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
+    trainer.fit(model, data)
     print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
     if args.predictions:
         d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")
+    return locals()
+
+
+if __name__ == "__main__":
+    main()

@@ -95,18 +95,13 @@ class RegNetX32(AnyNet):
 # %% [markdown]
 # ## Shapes, layer by layer
 #
-# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
-# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
-# settings: in a script the command line's, in a notebook the defaults given here.
+# The notebook's cells write the chapter's values out, as the book does; the script (`main`,
+# at the end of the file) takes them from its flags, `--help` lists them.
 
 
-# %%
-if __name__ == "__main__":
-    args = d2l.chapter_args(
-        "regnet", "RegNet (D2L 8.8)", epochs=10, batch_size=128, lr=0.05, resize=96, smoke_resize=32
-    )
-    model = RegNetX32(lr=args.lr)
-    model.layer_summary((1, args.resize, args.resize, 1))
+# %% active="ipynb"
+# model = RegNetX32(lr=0.05)
+# model.layer_summary((1, 96, 96, 1))
 
 
 # %% [markdown]
@@ -117,13 +112,10 @@ if __name__ == "__main__":
 # The plot redraws as training goes.
 
 
-# %%
-if __name__ == "__main__":
-    data = d2l.FashionMNIST(
-        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
-    )
-    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
-    trainer.fit(model, data)
+# %% active="ipynb"
+# data = d2l.FashionMNIST(batch_size=128, resize=(96, 96))
+# trainer = d2l.Trainer(max_epochs=10, num_gpus=1)
+# trainer.fit(model, data)
 
 
 # %% [markdown]
@@ -134,8 +126,37 @@ if __name__ == "__main__":
 # given `--predictions`).
 
 
-# %%
-if __name__ == "__main__":
+# %% active="ipynb"
+# print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+# d2l.plot_predictions(trainer)
+
+
+# %% active="py"
+def main(argv=None):
+    """The script: the cells above with the command line's values (`--help` lists the flags);
+    returns its variables (`args`, `model`, `data`, `trainer`)."""
+    args = d2l.chapter_args(
+        "regnet",
+        "RegNet (D2L 8.8)",
+        epochs=10,
+        batch_size=128,
+        lr=0.05,
+        resize=96,
+        smoke_resize=32,
+        argv=argv,
+    )
+    model = RegNetX32(lr=args.lr)
+    model.layer_summary((1, args.resize, args.resize, 1))
+    data = d2l.FashionMNIST(
+        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
+    )
+    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
+    trainer.fit(model, data)
     print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
     if args.predictions:
         d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")
+    return locals()
+
+
+if __name__ == "__main__":
+    main()

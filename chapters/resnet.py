@@ -182,6 +182,46 @@ resnet200 = partial(ResNetFamily, arch=stages(3, 24, 36, 3), block_cls=Bottlenec
 RESNETS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101, 152: resnet152, 200: resnet200}
 
 
+# %% [markdown]
+# ## Shapes, layer by layer
+#
+# The notebook's cells write the chapter's values out, as the book does; the script (`main`,
+# at the end of the file) takes them from its flags, `--help` lists them.
+
+
+# %% active="ipynb"
+# model = ResNet18(lr=0.01)
+# model.layer_summary((1, 96, 96, 1))
+
+
+# %% [markdown]
+# ## Training
+#
+# Ten epochs of plain SGD at lr 0.01, batches of 128 images resized to 96x96, validated on
+# the 10,000 test images after each epoch: `make resnet`, the project's main job.
+# The plot redraws as training goes.
+
+
+# %% active="ipynb"
+# data = d2l.FashionMNIST(batch_size=128, resize=(96, 96))
+# trainer = d2l.Trainer(max_epochs=10, num_gpus=1)
+# trainer.fit(model, data)
+
+
+# %% [markdown]
+# ## Results
+#
+# The final validation accuracy, then validation images titled with their true and predicted
+# labels, mistakes first (a script saves them to `predictions.png` in the run directory when
+# given `--predictions`).
+
+
+# %% active="ipynb"
+# print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+# d2l.plot_predictions(trainer)
+
+
+# %% active="py"
 def options(parser):
     """The chapter's own flags: which member of the family to train."""
     parser.add_argument(
@@ -205,16 +245,9 @@ def build_model(args):
     return RESNETS[args.depth or 18](lr=args.lr, preact=args.preact)
 
 
-# %% [markdown]
-# ## Shapes, layer by layer
-#
-# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
-# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
-# settings: in a script the command line's, in a notebook the defaults given here.
-
-
-# %%
-if __name__ == "__main__":
+def main(argv=None):
+    """The script: the cells above with the command line's values (`--help` lists the flags);
+    returns its variables (`args`, `model`, `data`, `trainer`)."""
     args = d2l.chapter_args(
         "resnet",
         "ResNet (D2L 8.6)",
@@ -224,38 +257,20 @@ if __name__ == "__main__":
         resize=96,
         smoke_resize=32,
         options=options,
+        argv=argv,
     )
     model = build_model(args)
     model.layer_summary((1, args.resize, args.resize, 1))
-
-
-# %% [markdown]
-# ## Training
-#
-# Ten epochs of plain SGD at lr 0.01, batches of 128 images resized to 96x96, validated on
-# the 10,000 test images after each epoch: `make resnet`, the project's main job.
-# The plot redraws as training goes.
-
-
-# %%
-if __name__ == "__main__":
     data = d2l.FashionMNIST(
         batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
     )
     trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
     trainer.fit(model, data)
-
-
-# %% [markdown]
-# ## Results
-#
-# The final validation accuracy, then validation images titled with their true and predicted
-# labels, mistakes first (a script saves them to `predictions.png` in the run directory when
-# given `--predictions`).
-
-
-# %%
-if __name__ == "__main__":
     print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
     if args.predictions:
         d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")
+    return locals()
+
+
+if __name__ == "__main__":
+    main()

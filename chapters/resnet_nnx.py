@@ -212,33 +212,16 @@ def resnet50_nnx(lr=1e-3, **kwargs):
     return NNXClassifier(nnx_class=ResNet, nnx_kwargs=FrozenDict(kwargs), lr=lr)
 
 
-def options(parser):
-    """The chapter's own flag."""
-    parser.add_argument("--width", type=int, default=64, help="channels of the first stage (doubling after)")
-
-
 # %% [markdown]
 # ## Shapes, layer by layer
 #
-# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
-# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
-# settings: in a script the command line's, in a notebook the defaults given here.
+# The notebook's cells write the chapter's values out, as the book does; the script (`main`,
+# at the end of the file) takes them from its flags, `--help` lists them.
 
 
-# %%
-if __name__ == "__main__":
-    args = d2l.chapter_args(
-        "resnet_nnx",
-        "ResNet in Flax NNX (D2L 8.6)",
-        epochs=10,
-        batch_size=128,
-        lr=1e-3,
-        resize=96,
-        smoke_resize=32,
-        options=options,
-    )
-    model = resnet18_nnx(lr=args.lr, width=args.width)
-    model.layer_summary((1, args.resize, args.resize, 1))
+# %% active="ipynb"
+# model = resnet18_nnx(lr=0.001, width=64)
+# model.layer_summary((1, 96, 96, 1))
 
 
 # %% [markdown]
@@ -249,13 +232,10 @@ if __name__ == "__main__":
 # The plot redraws as training goes.
 
 
-# %%
-if __name__ == "__main__":
-    data = d2l.FashionMNIST(
-        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
-    )
-    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
-    trainer.fit(model, data)
+# %% active="ipynb"
+# data = d2l.FashionMNIST(batch_size=128, resize=(96, 96))
+# trainer = d2l.Trainer(max_epochs=10, num_gpus=1)
+# trainer.fit(model, data)
 
 
 # %% [markdown]
@@ -266,8 +246,43 @@ if __name__ == "__main__":
 # given `--predictions`).
 
 
-# %%
-if __name__ == "__main__":
+# %% active="ipynb"
+# print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+# d2l.plot_predictions(trainer)
+
+
+# %% active="py"
+def options(parser):
+    """The chapter's own flag."""
+    parser.add_argument("--width", type=int, default=64, help="channels of the first stage (doubling after)")
+
+
+def main(argv=None):
+    """The script: the cells above with the command line's values (`--help` lists the flags);
+    returns its variables (`args`, `model`, `data`, `trainer`)."""
+    args = d2l.chapter_args(
+        "resnet_nnx",
+        "ResNet in Flax NNX (D2L 8.6)",
+        epochs=10,
+        batch_size=128,
+        lr=1e-3,
+        resize=96,
+        smoke_resize=32,
+        options=options,
+        argv=argv,
+    )
+    model = resnet18_nnx(lr=args.lr, width=args.width)
+    model.layer_summary((1, args.resize, args.resize, 1))
+    data = d2l.FashionMNIST(
+        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
+    )
+    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
+    trainer.fit(model, data)
     print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
     if args.predictions:
         d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")
+    return locals()
+
+
+if __name__ == "__main__":
+    main()

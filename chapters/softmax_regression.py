@@ -26,18 +26,13 @@ import d2lite as d2l
 # %% [markdown]
 # ## Shapes, layer by layer
 #
-# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
-# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
-# settings: in a script the command line's, in a notebook the defaults given here.
+# The notebook's cells write the chapter's values out, as the book does; the script (`main`,
+# at the end of the file) takes them from its flags, `--help` lists them.
 
 
-# %%
-if __name__ == "__main__":
-    args = d2l.chapter_args(
-        "softmax_regression", "Softmax regression (D2L 4.4-4.5)", epochs=10, batch_size=256, lr=0.1, resize=28
-    )
-    model = d2l.SoftmaxRegression(num_outputs=10, lr=args.lr)
-    model.layer_summary((1, args.resize, args.resize, 1))
+# %% active="ipynb"
+# model = d2l.SoftmaxRegression(num_outputs=10, lr=0.1)
+# model.layer_summary((1, 28, 28, 1))
 
 
 # %% [markdown]
@@ -48,13 +43,10 @@ if __name__ == "__main__":
 # The plot redraws as training goes.
 
 
-# %%
-if __name__ == "__main__":
-    data = d2l.FashionMNIST(
-        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
-    )
-    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
-    trainer.fit(model, data)
+# %% active="ipynb"
+# data = d2l.FashionMNIST(batch_size=256)
+# trainer = d2l.Trainer(max_epochs=10)
+# trainer.fit(model, data)
 
 
 # %% [markdown]
@@ -65,8 +57,36 @@ if __name__ == "__main__":
 # given `--predictions`).
 
 
-# %%
-if __name__ == "__main__":
+# %% active="ipynb"
+# print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+# d2l.plot_predictions(trainer)
+
+
+# %% active="py"
+def main(argv=None):
+    """The script: the cells above with the command line's values (`--help` lists the flags);
+    returns its variables (`args`, `model`, `data`, `trainer`)."""
+    args = d2l.chapter_args(
+        "softmax_regression",
+        "Softmax regression (D2L 4.4-4.5)",
+        epochs=10,
+        batch_size=256,
+        lr=0.1,
+        resize=28,
+        argv=argv,
+    )
+    model = d2l.SoftmaxRegression(num_outputs=10, lr=args.lr)
+    model.layer_summary((1, args.resize, args.resize, 1))
+    data = d2l.FashionMNIST(
+        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
+    )
+    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
+    trainer.fit(model, data)
     print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
     if args.predictions:
         d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")
+    return locals()
+
+
+if __name__ == "__main__":
+    main()

@@ -79,18 +79,13 @@ SMALL_VGG11_ARCH = tuple((num_convs, channels // 4) for num_convs, channels in V
 # %% [markdown]
 # ## Shapes, layer by layer
 #
-# The cells under `if __name__ == "__main__"` run in the notebook and in the script, but not
-# when a test or another chapter imports this file. `d2l.chapter_args` holds the training
-# settings: in a script the command line's, in a notebook the defaults given here.
+# The notebook's cells write the chapter's values out, as the book does; the script (`main`,
+# at the end of the file) takes them from its flags, `--help` lists them.
 
 
-# %%
-if __name__ == "__main__":
-    args = d2l.chapter_args(
-        "vgg", "VGG (D2L 8.2)", epochs=10, batch_size=128, lr=0.01, resize=224, smoke_resize=32
-    )
-    model = VGG(arch=SMALL_VGG11_ARCH, lr=args.lr)
-    model.layer_summary((1, args.resize, args.resize, 1))
+# %% active="ipynb"
+# model = VGG(arch=((1, 16), (1, 32), (2, 64), (2, 128), (2, 128)), lr=0.01)
+# model.layer_summary((1, 224, 224, 1))
 
 
 # %% [markdown]
@@ -101,13 +96,10 @@ if __name__ == "__main__":
 # The plot redraws as training goes.
 
 
-# %%
-if __name__ == "__main__":
-    data = d2l.FashionMNIST(
-        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
-    )
-    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
-    trainer.fit(model, data)
+# %% active="ipynb"
+# data = d2l.FashionMNIST(batch_size=128, resize=(224, 224))
+# trainer = d2l.Trainer(max_epochs=10, num_gpus=1)
+# trainer.fit(model, data)
 
 
 # %% [markdown]
@@ -118,8 +110,30 @@ if __name__ == "__main__":
 # given `--predictions`).
 
 
-# %%
-if __name__ == "__main__":
+# %% active="ipynb"
+# print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
+# d2l.plot_predictions(trainer)
+
+
+# %% active="py"
+def main(argv=None):
+    """The script: the cells above with the command line's values (`--help` lists the flags);
+    returns its variables (`args`, `model`, `data`, `trainer`)."""
+    args = d2l.chapter_args(
+        "vgg", "VGG (D2L 8.2)", epochs=10, batch_size=128, lr=0.01, resize=224, smoke_resize=32, argv=argv
+    )
+    model = VGG(arch=SMALL_VGG11_ARCH, lr=args.lr)
+    model.layer_summary((1, args.resize, args.resize, 1))
+    data = d2l.FashionMNIST(
+        batch_size=args.batch_size, resize=(args.resize, args.resize), **args.data_options
+    )
+    trainer = d2l.Trainer(max_epochs=args.epochs, **args.trainer_options)
+    trainer.fit(model, data)
     print(f"validation accuracy: {trainer.history[-1]['val_acc']:.3f}")
     if args.predictions:
         d2l.plot_predictions(trainer, path=f"{trainer.run_path}/predictions.png")
+    return locals()
+
+
+if __name__ == "__main__":
+    main()

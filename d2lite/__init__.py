@@ -18,6 +18,7 @@ from .devices.compile_cache import enable_compile_cache
 from .errors import D2LiteError
 from .hparams import HyperParameters, add_to_class
 from .module import Classifier, Module
+from .recipe import Recipe
 from .runs.predictions import plot_predictions
 from .trainer import Callback, Snapshot, StepTransform, Trainer, TrainingInterrupted, TrainState
 
@@ -42,5 +43,5 @@ reduce_sum argmax astype reduce_mean swapaxes repeat""".split()
 __all__ = (
     BOOK
     + """Callback D2LiteError ProgressLine Snapshot StepTransform TrainState TrainingInterrupted chapter_args
-plot_predictions max_pool init_flag""".split()
+plot_predictions max_pool init_flag Recipe""".split()
 )

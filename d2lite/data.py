@@ -9,6 +9,7 @@ work: their batches are gathered into arrays once.
 
 import itertools
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,23 @@ import numpy as np
 from .book import show_images
 from .errors import D2LiteError
 from .hparams import HyperParameters
+
+FAST_DEV_RUN = "D2LITE_FAST_DEV_RUN"
+SMOKE_BATCH_SIZE = 16  # FashionMNIST's largest batch in a smoke run
+
+
+def fast_dev_run():
+    """N when the environment asks for smoke runs (D2LITE_FAST_DEV_RUN=N, N >= 1), else None.
+
+    The Trainer then fits one epoch of at most N batches each way and FashionMNIST serves
+    batches of at most SMOKE_BATCH_SIZE images, so that a notebook written with the book's
+    values runs in seconds as it stands."""
+    text = os.environ.get(FAST_DEV_RUN, "").strip()
+    if text in ("", "0"):
+        return None
+    if not text.isdigit():
+        raise D2LiteError(f"{FAST_DEV_RUN} must be a number of batches, got {text!r}")
+    return int(text)
 
 
 class Loader:
@@ -143,6 +161,8 @@ class FashionMNIST(DataModule):
             if count is not None and (not isinstance(count, int) or count <= 0):
                 raise D2LiteError(f"{name} must be a positive integer or None, got {count!r}")
         self.save_hyperparameters()
+        if fast_dev_run():
+            self.batch_size = min(batch_size, SMOKE_BATCH_SIZE)
         self._splits = None
 
     def _load(self):

@@ -1,14 +1,13 @@
 """Shared test fixtures: a tiny synthetic classification task and a tiny CNN."""
 
 import contextlib
+import importlib
 import os
-import runpy
 import shutil
 import signal
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 
@@ -104,14 +103,13 @@ def ctrl_c_raises():
 
 
 def run_chapter(name, *argv):
-    """Run `python -m chapters.NAME ARGV` in this process; return the chapter's globals
-    (`args`, `model`, `data`, `trainer`, ...). Errors propagate as exceptions: the one-line
-    messages of a real script come from the excepthook it installs, restored here."""
-    argv_before, hook_before = sys.argv, sys.excepthook
-    sys.argv = [f"chapters/{name}.py", *argv]
+    """Run `python -m chapters.NAME ARGV` in this process: the chapter's `main(ARGV)`; return the
+    chapter's names with main's variables (`args`, `model`, `data`, `trainer`, ...). Errors
+    propagate as exceptions: the one-line messages of a real script come from the excepthook
+    it installs, restored here."""
+    hook_before = sys.excepthook
+    chapter = importlib.import_module(f"chapters.{name}")
     try:
-        with warnings.catch_warnings():  # runpy warns that the chapter was imported before
-            warnings.filterwarnings("ignore", "'chapters\\.", RuntimeWarning)
-            return runpy.run_module(f"chapters.{name}", run_name="__main__")
+        return {**vars(chapter), **chapter.main(list(argv))}
     finally:
-        sys.argv, sys.excepthook = argv_before, hook_before
+        sys.excepthook = hook_before

@@ -1,12 +1,18 @@
 """Every chapter as a notebook, run top to bottom in a real Jupyter kernel as a smoke run."""
 
+import dataclasses
+import importlib
 import math
 import re
 import runpy
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from nbclient import NotebookClient
+
+import d2lite as d2l
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = runpy.run_path(str(ROOT / "tools" / "notebooks.py"))
@@ -44,7 +50,7 @@ def test_chapter_notebook_runs_in_a_kernel(name, tmp_path, monkeypatch):
     else:  # the final accuracy and the predictions grid
         assert "validation accuracy: " in text_of(results)
         assert any("image/png" in o.get("data", {}) for o in outputs_of(results))
-    assert (tmp_path / "runs" / name).is_dir()  # a recorded run, next to the notebook
+    assert not (tmp_path / "runs").exists()  # as in the book, results stay in memory: no run directory
 
 
 def test_the_notebook_starts_with_its_title_then_installs_d2lite_where_missing():
@@ -69,3 +75,70 @@ def test_the_install_cell_installs_from_the_declared_repository_or_says_how(tmp_
     assert "raise ImportError(" in says_how and "git+<the repository URL>" in says_how
     assert not re.search(r"%pip install (-q )?\"?d2lite\b", says_how)  # never a bare index name
     compile(says_how.replace("%pip", "pip"), "cell", "exec")  # valid Python apart from the magic
+
+
+def test_no_notebook_shows_the_scripts_plumbing():
+    for name in TOOL["CHAPTERS"]:
+        code = [c.source for c in TOOL["chapter_notebook"](name).cells if c.cell_type == "code"]
+        plumbing = [s for s in code if re.search(r"__name__|chapter_args|\bargs\.|def main|add_argument", s)]
+        assert not plumbing, f"{name}: {plumbing}"
+        assert any("trainer.fit(model, data)" in s for s in code), name
+
+
+class Fitted(Exception):
+    """Raised by the patched `Trainer.fit`: what a fit was handed is all these tests need."""
+
+
+def handed_to_fit(monkeypatch, run):
+    """The (model, data, trainer) that `run()` hands to `Trainer.fit`, which does not train."""
+    seen = {}
+
+    def fit(trainer, model, data, key=None):
+        seen.update(model=model, data=data, trainer=trainer)
+        raise Fitted
+
+    monkeypatch.setattr(d2l.Trainer, "fit", fit)
+    with pytest.raises(Fitted):
+        run()
+    return seen["model"], seen["data"], seen["trainer"]
+
+
+def settings(model, data, trainer):
+    """What decides a fit: the model's class and fields, the data's and the Trainer's settings
+    (not where the run is recorded, nor `num_gpus`, which picks no devices)."""
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)}
+    fields = {k: v for k, v in fields.items() if k not in ("parent", "name", "board")}
+    # A class the notebook defines is another object than the chapter module's: compare names.
+    fields = {k: v.__qualname__ if isinstance(v, type) else v for k, v in fields.items()}
+    data_settings = {k: v for k, v in data.hparams.items() if k not in ("data_dir", "num_train", "num_val")}
+    data_settings = {
+        k: np.asarray(v).tolist() if hasattr(v, "shape") else v for k, v in data_settings.items()
+    }
+    recorded = ("num_gpus", "run_dir", "resume", "keep_checkpoints", "run_info")
+    trainer_settings = {k: v for k, v in trainer.hparams.items() if k not in recorded}
+    trainer_settings["recipe"] = trainer_settings["recipe"] or d2l.Recipe()  # None: none of it
+    return type(model).__name__, fields, type(data).__name__, data_settings, trainer_settings
+
+
+@pytest.mark.parametrize("name", TOOL["CHAPTERS"])
+def test_the_notebooks_values_are_the_scripts_defaults(name, tmp_path, monkeypatch):
+    monkeypatch.delenv("D2LITE_FAST_DEV_RUN", raising=False)
+    monkeypatch.chdir(tmp_path)  # the script records its run in runs/ here
+    monkeypatch.setattr(d2l.Classifier, "layer_summary", lambda self, X_shape, key=None: [])
+    cells = [c.source for c in TOOL["chapter_notebook"](name).cells[2:] if c.cell_type == "code"]
+    namespace = {"__name__": "notebook"}
+
+    def run_notebook():
+        for cell in cells:
+            exec(compile(cell, f"{name}.ipynb", "exec"), namespace)
+
+    def run_script():
+        hook = sys.excepthook
+        try:
+            importlib.import_module(f"chapters.{name}").main([])
+        finally:
+            sys.excepthook = hook
+
+    notebook = settings(*handed_to_fit(monkeypatch, run_notebook))
+    script = settings(*handed_to_fit(monkeypatch, run_script))
+    assert notebook == script

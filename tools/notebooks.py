@@ -1,6 +1,10 @@
 """`make notebooks`: write notebooks/<chapter>.ipynb from each chapter's percent-format source.
 
-jupytext reads the `# %%` cells; the notebook gets one more cell at the top, which installs
+jupytext reads the `# %%` cells. A cell marked `active="py"` (the chapter's script: its
+flags, its `main`) is left out, and a cell marked `active="ipynb"` (commented out in the .py
+file: the training cells with the chapter's values written out) comes in as code, so the
+notebook reads like the book and shows no command-line plumbing. The notebook gets one more
+cell at the top, which installs
 d2lite where it is missing (on Colab, say) from the repository that pyproject.toml declares
 (`[project.urls] Repository`), and without one says how to install it: never from a bare
 package name on the public index, which this project does not own.
@@ -45,6 +49,7 @@ def install_cell(url):
 def chapter_notebook(name):
     """The notebook of chapter `name`: its cells, with an install cell after the title."""
     notebook = jupytext.read(ROOT / "chapters" / f"{name}.py", fmt="py:percent")
+    notebook.cells = [cell for cell in notebook.cells if "ipynb" in cell.metadata.pop("active", "ipynb")]
     notebook.cells.insert(1, install_cell(repository()))  # after the title
     notebook.metadata["kernelspec"] = KERNEL
     notebook.metadata.pop("jupytext", None)  # a plain notebook, not paired with the script

@@ -3,9 +3,9 @@ d2lite/runs), and `defaults`, which turns the Trainer's shorthands into callback
 transforms."""
 
 import io
-import os
 import sys
 
+from ..data import FAST_DEV_RUN, fast_dev_run
 from ..devices import CpuKernels, FastInitKey
 from ..devices.precision import Precision
 from ..devices.sharding import DataParallel
@@ -15,18 +15,6 @@ from ..runs.directory import RunDirectory
 from .guards import Guards
 from .progress import Progress
 from .stop import StopOnSignals
-
-FAST_DEV_RUN = "D2LITE_FAST_DEV_RUN"
-
-
-def fast_dev_run():
-    """N when the environment asks for smoke runs (D2LITE_FAST_DEV_RUN=N, N >= 1), else None."""
-    text = os.environ.get(FAST_DEV_RUN, "").strip()
-    if text in ("", "0"):
-        return None
-    if not text.isdigit():
-        raise D2LiteError(f"{FAST_DEV_RUN} must be a number of batches, got {text!r}")
-    return int(text)
 
 
 def settle(trainer):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..board import in_notebook
-from ..callbacks import fast_dev_run
+from ..data import fast_dev_run
 from ..devices.precision import PRECISIONS
 from ..errors import D2LiteError, first_line
 from ..models import KERNEL_INITS
@@ -215,18 +215,18 @@ def recipe_of(args):
     return Recipe(**given)
 
 
-def chapter_args(name, title, *, epochs, batch_size, lr, resize, options=None, smoke_resize=None):
-    """The settings of chapter `name`'s training cell, as an argparse Namespace.
+def chapter_args(name, title, *, epochs, batch_size, lr, resize, options=None, smoke_resize=None, argv=None):
+    """The settings of chapter `name`'s script, as an argparse Namespace.
 
-    In a script (`python -m chapters.NAME --flags`) they come from the command line, whose
-    `--help` lists them, and d2lite's errors then end the script with one line instead of a
-    traceback; in a notebook they are the defaults given here. `options(parser)` adds the
-    chapter's own flags. Besides the flags, the Namespace holds what the training cell passes
-    on: `data_options` for `FashionMNIST` (data folder, subsets) and `trainer_options` for
-    `Trainer` (seed, run directory, resume, precision, ...). A chapter without images
-    (`resize=None`) has no image flags and no `data_options`. Under `D2LITE_FAST_DEV_RUN` (a
-    smoke run, see `Trainer`) batches shrink to at most 16 images of `smoke_resize` pixels,
-    the smallest input the model takes, so that every chapter runs in seconds on a CPU.
+    They come from the command line (`argv`, default `sys.argv`), whose `--help` lists them,
+    and d2lite's errors then end the script with one line instead of a traceback; in a
+    notebook kernel, the defaults given here. `options(parser)` adds the chapter's own flags.
+    Besides the flags, the Namespace holds what the script passes on: `data_options` for
+    `FashionMNIST` (data folder, subsets) and `trainer_options` for `Trainer` (seed, run
+    directory, resume, precision, ...). A chapter without images (`resize=None`) has no image
+    flags and no `data_options`. Under `D2LITE_FAST_DEV_RUN` (a smoke run: see `Trainer` and
+    `FashionMNIST`) the images shrink to `smoke_resize` pixels, the smallest input the model
+    takes, so that every chapter's script runs in seconds on a CPU.
     """
     parser = chapter_parser(name, title, epochs=epochs, batch_size=batch_size, lr=lr, resize=resize)
     if options is not None:
@@ -234,15 +234,13 @@ def chapter_args(name, title, *, epochs, batch_size, lr, resize, options=None, s
     notebook = in_notebook()
     if not notebook:  # before parsing: --resume reads the run it names, and may fail
         sys.excepthook = functools.partial(one_line_errors, name)
-    args = parser.parse_args([] if notebook else None)
+    args = parser.parse_args([] if notebook and argv is None else argv)
     if args.distributed:
         start_distributed()
     args.epochs = args.epochs or (2 if args.quick else args.default_epochs)
     images = resize is not None
-    if fast_dev_run():
-        args.batch_size = min(args.batch_size, 16)
-        if images:
-            args.resize = smoke_resize or args.resize
+    if fast_dev_run() and images:
+        args.resize = smoke_resize or args.resize
     limits = {}
     if args.quick and images:
         args.num_train = args.num_train or QUICK_BATCHES * args.batch_size
