@@ -3,11 +3,15 @@
 import dataclasses
 import importlib
 import math
+import os
 import re
 import runpy
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pytest
 from nbclient import NotebookClient
@@ -142,3 +146,53 @@ def test_the_notebooks_values_are_the_scripts_defaults(name, tmp_path, monkeypat
     notebook = settings(*handed_to_fit(monkeypatch, run_notebook))
     script = settings(*handed_to_fit(monkeypatch, run_script))
     assert notebook == script
+
+
+EXECUTE = """
+import sys, nbformat
+from nbclient import NotebookClient
+for path in sys.argv[1:]:
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3").execute()
+    nbformat.write(notebook, path)
+"""
+
+
+def test_notebooks_run_outside_the_checkout_from_an_installed_d2lite(tmp_path):
+    """As Colab runs them: d2lite installed with pip into a fresh environment, the notebooks
+    copied into an empty folder and run there by a kernel of that environment."""
+    venv, folder = tmp_path / "venv", tmp_path / "notebooks"
+    folder.mkdir()
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    # From a copy: pip builds in the source folder, and the checkout's own egg-info is no wheel.
+    outputs = {".venv", ".git", "build", "d2lite.egg-info", "runs", "notebooks", "data"}  # not the source
+
+    def ignore(folder, names):
+        return [n for n in names if n == "__pycache__" or (Path(folder) == ROOT and n in outputs)]
+
+    source = shutil.copytree(ROOT, tmp_path / "source", ignore=ignore)
+    subprocess.run([*pip, str(source), "nbclient", "ipykernel"], check=True, cwd=tmp_path)
+    top_level = "from importlib.metadata import files; print(sorted({f.parts[0] for f in files('d2lite')}))"
+    installed = subprocess.run(
+        [python, "-c", top_level], capture_output=True, text=True, check=True, cwd=folder
+    )
+    assert [n for n in eval(installed.stdout) if not n.endswith(".dist-info")] == ["d2lite"]
+
+    TOOL["main"](["lenet", "resnet", "--out", str(tmp_path / "made")])
+    for name in ("lenet", "resnet"):
+        shutil.copy(tmp_path / "made" / f"{name}.ipynb", folder)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["D2LITE_FAST_DEV_RUN"] = str(SMOKE_BATCHES)
+    paths = [str(folder / f"{name}.ipynb") for name in ("lenet", "resnet")]
+    subprocess.run([python, "-c", EXECUTE, *paths], check=True, cwd=folder, env=env)
+
+    for path in paths:
+        code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+        assert not [o for c in code for o in outputs_of(c) if o["output_type"] == "error"], path
+        assert "%pip" in code[0].source and not outputs_of(code[0])  # installed already: no pip
+        fit = next(c for c in code if "trainer.fit(" in c.source)
+        assert [o for o in outputs_of(fit) if "image/png" in o.get("data", {})]  # the board
+        assert any("image/png" in o.get("data", {}) for o in outputs_of(code[-1]))  # the predictions
+    assert sorted(p.name for p in folder.iterdir()) == ["lenet.ipynb", "resnet.ipynb"]  # no run directory
