@@ -46,7 +46,7 @@ def chapter_models():
         "resnext": (resnext.ResNeXt(lr=0.01), 96, 128, 2),
         "densenet": (densenet.DenseNet(lr=0.01), 96, 128, 2),
         "regnet": (regnet.RegNetX32(lr=0.05), 96, 128, 2),
-        "resnet_nnx": (resnet_nnx.resnet18_nnx(), 96, 128, 2),
+        "resnet_nnx": (resnet_nnx.ResNet18(lr=0.01), 96, 128, 2),
     }
 
 

@@ -92,9 +92,11 @@ class ProgressBoard:
         self._drawn_at = -math.inf  # time.perf_counter() of the last picture
 
     def draw(self, x, y, label, every_n=1):
+        """Add the point (x, y) to `label`'s line; `y` may be a function that returns it (the
+        next edition's `Module.plot` hands the board a function, to read a device value late)."""
         points = self.raw_points.setdefault(label, [])
         line = self.data.setdefault(label, [])
-        points.append((float(x), float(y)))
+        points.append((float(x), float(y() if callable(y) else y)))
         if len(points) < every_n:
             return
         xs, ys = zip(*points, strict=True)
@@ -125,6 +127,12 @@ class ProgressBoard:
             recent = time.perf_counter() - self._drawn_at < self._hold_for
             if not self._holds and self._dirty and not recent:
                 self._render()
+
+    def flush(self):
+        """Draw the points drawn so far now (the next edition's board draws on a thread, and `flush`
+        waits for it; this one draws as points come, so there is nothing to wait for)."""
+        if self._dirty:
+            self._render()
 
     def save(self, path):
         """Write the current figure to `path`; the format follows the suffix (.png, .svg, ...)."""

@@ -16,10 +16,15 @@ def first_line(error, limit=None):
     return (lines[0] if lines else type(error).__name__)[:limit]
 
 
+def model_name(model):
+    """The class name of the model a user wrote (the NNX face's adapter names the one it holds)."""
+    return getattr(model, "display_name", None) or type(model).__name__
+
+
 def input_error(model, input_shape, problem):
     """The error for inputs a model (in evaluation mode) cannot take, most often images resized
     too small."""
-    shape, name, problem = tuple(input_shape), type(model).__name__, first_line(problem)
+    shape, name, problem = tuple(input_shape), model_name(model), first_line(problem)
     smallest = smallest_image_size(model, shape)
     if smallest:
         return D2LiteError(
@@ -30,6 +35,17 @@ def input_error(model, input_shape, problem):
         f"{name} cannot run on inputs of shape {shape}: {problem} (if the inputs are too small for the "
         "model, use a larger resize)"
     )
+
+
+def traced_error(model, input_shape, error):
+    """What to raise for `error`, raised while `model` was built or traced on inputs of
+    `input_shape`: the one-line input error when the inputs are the trouble (an empty shape, or
+    an image too small that a larger one cures), else the error itself, whose traceback shows
+    the model's own line (a typo in a layer is no input-size problem)."""
+    shape = tuple(input_shape)
+    if 0 in shape or smallest_image_size(model, shape):
+        return input_error(model, shape, error)
+    return error
 
 
 def smallest_image_size(model, shape, largest=1024):
@@ -70,6 +86,6 @@ def check_outputs(model, data, inputs, outputs, intermediates, classifier):
     classes = getattr(data, "num_classes", None)
     if classifier and classes and (outputs.ndim != 2 or outputs.shape[-1] != classes):
         raise D2LiteError(
-            f"{type(model).__name__} outputs shape {outputs.shape} but {type(data).__name__} has {classes} "
+            f"{model_name(model)} outputs shape {outputs.shape} but {type(data).__name__} has {classes} "
             f"classes: make the last layer output {classes} values (e.g. num_classes={classes})"
         )

@@ -21,7 +21,7 @@ import optax
 from flax import linen as nn
 
 from .board import ProgressBoard
-from .errors import input_error
+from .errors import input_error, traced_error
 from .hparams import HyperParameters
 
 _recorders = []  # one {(key, train): value} per step being traced, innermost last
@@ -45,12 +45,38 @@ def takes_predictions(loss):
 
 
 def has_training_flag(model):
-    return any(field.name == "training" for field in dataclasses.fields(model))
+    return dataclasses.is_dataclass(model) and any(
+        field.name == "training" for field in dataclasses.fields(model)
+    )
 
 
 def for_evaluation(model):
-    """The model in evaluation mode: `training=False` for models with BatchNorm or Dropout."""
+    """The model in evaluation mode: `training=False` for models with BatchNorm or Dropout; a
+    model that is no Linen module (the NNX face's adapter) says itself (`in_evaluation`)."""
+    if hasattr(model, "in_evaluation"):
+        return model.in_evaluation()
     return model.clone(training=False) if has_training_flag(model) else model
+
+
+def plot_point(model, key, value, train):
+    """`Module.plot` for both faces: inside a traced step record `value`, else draw it on
+    `model.board` at the book's cadence (`model.trainer`'s batch counters)."""
+    if _recorders:
+        _recorders[-1][key, train] = value
+        return
+    assert getattr(model, "trainer", None) is not None, (
+        "plot() needs a Trainer: call trainer.fit(model, data)"
+    )
+    trainer = model.trainer
+    model.board.xlabel = "epoch"
+    if train:
+        x = trainer.train_batch_idx / trainer.num_train_batches
+        n = trainer.num_train_batches / model.plot_train_per_epoch
+    else:
+        x = trainer.epoch + 1
+        n = trainer.num_val_batches / model.plot_valid_per_epoch
+    # At least 1: the book's int(n) is 0 for an epoch of one batch, and nothing is drawn.
+    model.board.draw(x, value, ("train_" if train else "val_") + key, every_n=max(1, int(n)))
 
 
 class Module(nn.Module, HyperParameters):
@@ -111,24 +137,20 @@ class Module(nn.Module, HyperParameters):
 
         Inside the Trainer's jitted steps the value is recorded instead, and drawn later.
         """
-        if _recorders:
-            _recorders[-1][key, train] = value
-            return
-        assert hasattr(self, "trainer"), "plot() needs a Trainer: call trainer.fit(model, data)"
-        trainer = self.trainer
-        self.board.xlabel = "epoch"
-        if train:
-            x = trainer.train_batch_idx / trainer.num_train_batches
-            n = trainer.num_train_batches / self.plot_train_per_epoch
-        else:
-            x = trainer.epoch + 1
-            n = trainer.num_val_batches / self.plot_valid_per_epoch
-        # At least 1: the book's int(n) is 0 for an epoch of one batch, and nothing is drawn.
-        self.board.draw(x, float(value), ("train_" if train else "val_") + key, every_n=max(1, int(n)))
+        plot_point(self, key, value, train)
 
     def apply_init(self, dummy_input, key):
         """Initial variables from a tuple of example inputs."""
         return self.init(key, *dummy_input)
+
+    def initial_variables(self):
+        """The variables training starts from, when the model holds them already (NNX models
+        do); None: the Trainer draws them with `apply_init`."""
+        return None
+
+    def smooths_labels(self):
+        """Whether the loss takes a recipe's label smoothing (the Classifier's own loss does)."""
+        return False
 
     def configure_optimizers(self):
         return optax.sgd(self.lr)
@@ -166,6 +188,9 @@ class Classifier(Module):
         self.plot("loss", self.objective(params, batch, state)[0], train=False)
         self.plot("acc", self.accuracy(params, batch[:-1], batch[-1], state), train=False)
 
+    def smooths_labels(self):
+        return type(self).loss is Classifier.loss
+
     def layer_summary(self, X_shape, key=None):
         """Print the output shape of each top-level layer of `self.net` (of the whole model
         when it has no `net`); return the pairs.
@@ -187,7 +212,10 @@ class Classifier(Module):
         try:
             jax.eval_shape(trace, jax.ShapeDtypeStruct(tuple(X_shape), jnp.float32))
         except (TypeError, ValueError, ZeroDivisionError) as error:
-            raise input_error(model, X_shape, error) from error
+            raised = traced_error(model, X_shape, error)
+            if raised is error:
+                raise
+            raise raised from error
         for name, shape in summary:
             print(f"{name} output shape:\t {shape}")
             if 0 in shape:

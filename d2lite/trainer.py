@@ -31,7 +31,7 @@ from jax import lax
 
 from . import book
 from .data import Limited
-from .errors import D2LiteError, check_outputs, input_error
+from .errors import D2LiteError, check_outputs, traced_error
 from .hparams import HyperParameters
 from .module import Classifier, for_evaluation, recording_plots
 
@@ -39,10 +39,12 @@ MID_EPOCH_PICTURE_SECONDS = 2.0  # the live plot's mid-epoch pictures come at mo
 
 
 class TrainState(train_state.TrainState):
-    """Parameters, optimizer state, BatchNorm statistics and the dropout key stream; with a
+    """Parameters, optimizer state, BatchNorm statistics, an NNX model's other variables and the
+    dropout key stream; with a
     recipe, the average of the weights and the label smoothing of the loss."""
 
     batch_stats: Any = None
+    model_state: Any = None  # an NNX model's other variables (its Rngs' keys and counts), or None
     dropout_rng: jax.Array = None
     average: Any = None  # {"params": ..., "batch_stats": ...}, the EMA of both
     label_smoothing: float = struct.field(pytree_node=False, default=0.0)
@@ -169,7 +171,11 @@ def train_step(state, arrays, indices, *, model, preprocess, prepare_batch, tran
         value, grads = model.training_step(state.params, batch, state.replace(dropout_rng=step_key))
     # The book's Module returns the loss, its Classifier (loss, variable updates).
     loss, updates = value if isinstance(value, tuple) else (value, {})
-    new = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+    new = state.apply_gradients(
+        grads=grads,
+        batch_stats=updates.get("batch_stats", state.batch_stats),
+        model_state=updates.get("model_state", state.model_state),
+    )
     return _compose(transforms, "update", new, state), (loss, plotted)
 
 
@@ -313,21 +319,27 @@ class Trainer(HyperParameters):
         def first_inputs(arrays):
             return self.data.preprocess(tuple(a[: self.batch_size] for a in arrays))[:-1]
 
-        def initial_variables(key, arrays):  # one program, not a dozen small eager ones
+        def initial_variables(key, arrays, held):  # one program, not a dozen small eager ones
             params_key, dropout_key, init_dropout_key = jax.random.split(key, 3)
+            if held is not None:  # copies: the state's buffers are donated, the model's must stay
+                return jax.tree.map(jnp.copy, held), dropout_key
             params_key = _compose(self.transforms, "initial_key", params_key)
             rngs = {"params": params_key, "dropout": init_dropout_key}
             return self.model.apply_init(first_inputs(arrays), key=rngs), dropout_key
 
         inputs = jax.eval_shape(first_inputs, arrays)
         try:
-            variables, dropout_key = jax.jit(initial_variables)(key, arrays)
+            held = self.model.initial_variables()
+            variables, dropout_key = jax.jit(initial_variables)(key, arrays, held)
             traced = functools.partial(
                 self.eval_model.apply, capture_intermediates=True, mutable=["intermediates"]
             )
             outputs, intermediates = jax.eval_shape(lambda v, x: traced(v, *x), variables, inputs)
         except (TypeError, ValueError, ZeroDivisionError) as error:
-            raise input_error(self.eval_model, inputs[0].shape, error) from error
+            raised = traced_error(self.eval_model, inputs[0].shape, error)
+            if raised is error:
+                raise  # the model's own error, with its line
+            raise raised from error
         classifier = isinstance(self.model, Classifier)
         check_outputs(self.eval_model, self.data, inputs, outputs, intermediates, classifier)
         tx = _compose(self.transforms, "optimizer", self.model.configure_optimizers(), self)
@@ -337,6 +349,7 @@ class Trainer(HyperParameters):
             apply_fn=_compose(self.transforms, "apply", self.model.apply, True),
             params=variables["params"],
             batch_stats=variables.get("batch_stats", {}),
+            model_state=variables.get("model_state"),
             dropout_rng=dropout_key,
             tx=tx,
         )

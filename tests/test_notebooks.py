@@ -110,7 +110,10 @@ def handed_to_fit(monkeypatch, run):
 def settings(model, data, trainer):
     """What decides a fit: the model's class and fields, the data's and the Trainer's settings
     (not where the run is recorded, nor `num_gpus`, which picks no devices)."""
-    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)}
+    if dataclasses.is_dataclass(model):
+        fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)}
+    else:  # an NNX model (the next edition's face) keeps its arguments in hparams
+        fields = dict(model.hparams)
     fields = {k: v for k, v in fields.items() if k not in ("parent", "name", "board")}
     # A class the notebook defines is another object than the chapter module's: compare names.
     fields = {k: v.__qualname__ if isinstance(v, type) else v for k, v in fields.items()}

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..errors import D2LiteError
+from ..errors import D2LiteError, model_name
 from ..module import Classifier, smoothed_cross_entropy  # noqa: F401 (the smoothed loss lives with the Classifier)
 from ..trainer import StepTransform
 
@@ -193,9 +193,9 @@ class RecipeSteps(StepTransform):
 
     def initial_state(self, state, trainer):
         smoothing = self.recipe.label_smoothing
-        if smoothing and type(trainer.model).loss is not Classifier.loss:
+        if smoothing and not trainer.model.smooths_labels():
             raise D2LiteError(
-                f"label_smoothing needs the Classifier's loss; {type(trainer.model).__name__} has its own"
+                f"label_smoothing needs the Classifier's loss; {model_name(trainer.model)} has its own"
             )
         average = None
         if self.recipe.ema:  # its own buffers: the state is donated, and a buffer only once

@@ -103,7 +103,11 @@ def describe(value):
 
 
 def model_settings(model):
-    """The model's class and hyperparameters (its dataclass fields)."""
+    """The model's class and hyperparameters (its dataclass fields; an NNX model's `hparams`)."""
+    if not dataclasses.is_dataclass(model):  # the NNX face's adapter: the reader's model's settings
+        model = model.model
+        hparams = getattr(model, "hparams", {})
+        return {"class": describe(type(model)), **{k: describe(v) for k, v in hparams.items()}}
     fields = {
         f.name: describe(getattr(model, f.name))
         for f in dataclasses.fields(model)

@@ -12,7 +12,7 @@ import numpy as np
 from jax import lax
 
 from ..book import show_images
-from ..errors import D2LiteError
+from ..errors import D2LiteError, model_name
 
 
 def predict_validation(trainer, max_examples=2048):
@@ -40,7 +40,7 @@ def predict_validation(trainer, max_examples=2048):
     X, y, outputs = (np.concatenate(p)[: trainer.num_val_examples] for p in zip(*parts, strict=True))
     if outputs.ndim != 2:
         raise D2LiteError(
-            f"{type(model).__name__} outputs shape {outputs.shape[1:]} per example: "
+            f"{model_name(model)} outputs shape {outputs.shape[1:]} per example: "
             "predictions need a classifier's (num_classes,) scores"
         )
     return X, y.reshape(-1), outputs.argmax(axis=1)

@@ -1,20 +1,20 @@
-"""The NNX ResNet chapter: shapes, parameter counts, both modes; training: test_notebooks.py."""
+"""The NNX ResNet chapter (the next edition's ResNet-18): shapes, parameter count, both modes;
+training: test_notebooks.py and test_nnx.py."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from chapters import resnet_nnx
 
 
-def param_count(model, shape):
-    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros(shape))
-    return sum(p.size for p in jax.tree.leaves(variables["params"]))
+def param_count(model):
+    return sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
 def test_layer_summary_has_the_book_resnet18_shapes():
-    shapes = [shape for _, shape in resnet_nnx.resnet18_nnx().layer_summary((1, 96, 96, 1))]
+    model = resnet_nnx.ResNet18(rngs=nnx.Rngs(0))
+    shapes = [shape for _, shape in model.layer_summary((1, 96, 96, 1))]
     assert shapes == [
         (1, 24, 24, 64),
         (1, 24, 24, 64),
@@ -25,29 +25,33 @@ def test_layer_summary_has_the_book_resnet18_shapes():
     ]
 
 
-def test_imagenet_parameter_counts_match_the_published_ones():
-    # The NNX stem conv keeps its bias (9,408 weights + 64): torchvision's counts + 64.
-    imagenet = {"num_classes": 1000, "in_features": 3}
-    assert param_count(resnet_nnx.resnet18_nnx(**imagenet), (1, 224, 224, 3)) == 11_689_512 + 64
-    assert param_count(resnet_nnx.resnet50_nnx(**imagenet), (1, 224, 224, 3)) == 25_557_032 + 64
-
-
-def test_bottleneck_blocks_start_as_identity_on_the_residual_branch():
-    block = resnet_nnx.BottleneckBlock(256, 64, rngs=nnx.Rngs(0))
-    np.testing.assert_array_equal(block.bn3.scale[...], 0.0)
-    x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 256))
-    np.testing.assert_allclose(block(x, train=True), jax.nn.relu(x), atol=1e-6)
+def test_imagenet_parameter_count_is_the_published_one_with_the_books_departures():
+    # torchvision's ResNet-18 has 11,689,512 parameters. The edition's keeps a bias on each of
+    # its 20 convolutions (stem 64; stages 4x64, 5x128, 5x256, 5x512 with the projections) and
+    # has no BatchNorm (scale and bias) after its three projections (128, 256, 512 channels).
+    model = resnet_nnx.ResNet18(num_classes=1000, in_channels=3, rngs=nnx.Rngs(0))
+    conv_biases = 64 + 4 * 64 + 5 * 128 + 5 * 256 + 5 * 512
+    projection_batchnorms = 2 * (128 + 256 + 512)
+    assert param_count(model) == 11_689_512 + conv_biases - projection_batchnorms
 
 
 def test_training_and_evaluation_modes_differ_only_through_batchnorm():
-    model = resnet_nnx.resnet18_nnx()
+    model = resnet_nnx.ResNet18(rngs=nnx.Rngs(1))
     x = jax.random.uniform(jax.random.PRNGKey(0), (4, 32, 32, 1))
-    variables = model.init(jax.random.PRNGKey(1), x)
-    train_out, updates = model.apply(variables, x, mutable=["batch_stats"])
-    eval_out = model.clone(training=False).apply(variables, x)
+    train = nnx.view(model, use_running_average=False, raise_if_not_found=False)
+    evaluate = nnx.view(model, use_running_average=True, raise_if_not_found=False)
+    before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+    eval_out = evaluate(x)
+    assert all(  # evaluation reads the running statistics and leaves them as they are
+        np.array_equal(a, b)
+        for a, b in zip(
+            jax.tree.leaves(before), jax.tree.leaves(nnx.state(model, nnx.BatchStat)), strict=True
+        )
+    )
+    train_out = train(x)
     assert train_out.shape == eval_out.shape == (4, 10)
     assert not np.allclose(train_out, eval_out)  # batch statistics vs running statistics
-    before, after = variables["batch_stats"], updates["batch_stats"]
+    after = nnx.state(model, nnx.BatchStat)
     assert not all(
         np.allclose(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True)
     )
