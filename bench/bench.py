@@ -9,6 +9,9 @@ Each (model, method) runs in its own process, so each peak memory is its own. Me
            d2lite's convolution and pool stand-ins make d2lite faster than this, cpu_kernels.py).
 - d2lite:  `Trainer.fit` for a fixed number of steps (the epoch after the compiling one).
 - bf16:    the same with `Trainer(precision="bfloat16")`: bfloat16 compute, float32 state.
+- nnx:     the same Trainer through the next edition's face (`from d2lite import nnx as d2l`),
+           with the same networks written in Flax NNX as that edition writes them (LeNet with
+           Adam, as the Linen row; the NNX chapter's ResNet-18).
 - book:    the loop of the book's JAX Trainer: jit around the loss and gradients only, the
            optimizer update and BatchNorm bookkeeping outside jit, batches resized on the
            host, and a host sync per step for plotting.
@@ -34,7 +37,7 @@ from pathlib import Path
 
 BATCH = 128
 MODELS = {"lenet": 28, "resnet18": 96}
-JAX_METHODS = ("pure", "d2lite", "bf16", "book")
+JAX_METHODS = ("pure", "d2lite", "bf16", "nnx", "book")
 
 
 # ------------------------------------------------------------------------------ models
@@ -44,6 +47,23 @@ def flax_model(name):
 
         return LeNet(lr=0.003, optimizer="adam")  # as the PyTorch peer trains it
     from chapters.resnet import ResNet18
+
+    return ResNet18(lr=0.01)
+
+
+def nnx_model(name):
+    """The same network in Flax NNX, through the next edition's face."""
+    if name == "lenet":
+        import optax
+
+        from d2lite import nnx as d2l
+
+        class AdamLeNet(d2l.LeNet):
+            def configure_optimizers(self):
+                return optax.adam(self.lr)
+
+        return AdamLeNet(lr=0.003)
+    from chapters.resnet_nnx import ResNet18
 
     return ResNet18(lr=0.01)
 
@@ -110,8 +130,11 @@ def run_pure(name, size, steps):
     }
 
 
-def run_d2lite(name, size, steps, steps_per_dispatch, precision="float32"):
-    import d2lite as d2l
+def run_d2lite(name, size, steps, steps_per_dispatch, precision="float32", face="linen"):
+    if face == "nnx":
+        from d2lite import nnx as d2l
+    else:
+        import d2lite as d2l
     from tests.compiles import count_compiles
 
     data = d2l.FashionMNIST(batch_size=BATCH, resize=(size, size), num_train=BATCH * steps, num_val=BATCH)
@@ -126,7 +149,7 @@ def run_d2lite(name, size, steps, steps_per_dispatch, precision="float32"):
     trainer = Counting(
         max_epochs=2, progress=False, plot=False, steps_per_dispatch=steps_per_dispatch, precision=precision
     )
-    trainer.fit(flax_model(name), data)
+    trainer.fit(nnx_model(name) if face == "nnx" else flax_model(name), data)
     first, second = compiles_per_epoch
     return {
         "step_s": trainer.history[-1]["seconds"] / trainer.num_train_batches,
@@ -315,9 +338,10 @@ def child(args):
     method = args.method
     if method == "pure":
         result = run_pure(args.models[0], size, args.steps)
-    elif method in ("d2lite", "bf16"):
+    elif method in ("d2lite", "bf16", "nnx"):
         precision = "bfloat16" if method == "bf16" else "float32"
-        result = run_d2lite(args.models[0], size, args.steps, args.steps_per_dispatch, precision)
+        face = "nnx" if method == "nnx" else "linen"
+        result = run_d2lite(args.models[0], size, args.steps, args.steps_per_dispatch, precision, face)
     elif method == "book":
         result = run_book(args.models[0], size, args.steps)
     else:
@@ -419,6 +443,8 @@ def main(argv=None):
                 f"{1 / ratio:9.2f} {r['compile_s']:9.1f} {r['compiles']:8d} "
                 f"{r['steady_compiles']:9d} {r['peak_rss_mb']:8.0f}"
             )
+        if ours and "step_s" in results.get("nnx", {}):
+            print(f"{model:9} NNX face / Linen examples/s: {ours / results['nnx']['step_s']:.3f}")
         if ours and "step_s" in results.get("pure", {}):
             overhead = ours / results["pure"]["step_s"]
             print(f"{model:9} framework overhead (d2lite fit step / pure step): {overhead:.3f}")

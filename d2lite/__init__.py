@@ -6,6 +6,7 @@ first use. Importing d2lite also turns on JAX's persistent compilation cache
 (devices/compile_cache.py; D2LITE_COMPILE_CACHE=0: off), and gives the Trainer the function
 that turns its shorthands into callbacks and step transforms (callbacks/__init__.py): the
 core files (hparams, module, data, trainer, board, book) import nothing from the sub-packages.
+The book's next edition (Flax NNX) has its own face: `from d2lite import nnx as d2l` (nnx/).
 """
 
 from .board import ProgressBoard
