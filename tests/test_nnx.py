@@ -231,3 +231,14 @@ def test_a_models_own_error_is_raised_as_itself_not_as_an_input_size_problem():
         d2lite.Trainer(max_epochs=1, progress=False, plot=False).fit(BrokenLinen(), Blobs())
     with pytest.raises(d2lite.D2LiteError, match="TinyCNN cannot run on inputs of shape"):  # empty images
         TinyCNN().layer_summary((1, 0, 8, 1))
+
+
+def test_fashion_mnist_splits_can_be_assigned_as_the_recipes_section_does():
+    data = d2l.FashionMNIST(batch_size=64)
+    images, labels = data.train
+    data.train = (images[:256], labels[:256])  # a subset, as a reader's own split would be
+    data.val = (images[256:320], labels[256:320])
+    assert len(data.train[0]) == 256 and data.arrays(False)[0].shape == (64, 28, 28)
+    trainer = d2l.Trainer(max_epochs=1, progress=False, plot=False)
+    trainer.fit(d2l.SoftmaxRegression(num_outputs=10, lr=0.1, rngs=nnx.Rngs(0)), data)
+    assert trainer.num_train_examples == 256 and trainer.num_val_examples == 64
