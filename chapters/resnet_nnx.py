@@ -29,6 +29,10 @@ from d2lite import nnx as d2l
 # pool and a linear layer; `arch` lists (blocks, channels) per stage, and each layer is told
 # how many channels it receives. The paper's family (bottleneck and pre-activation blocks,
 # the published parameter counts) stays with the Linen chapter.
+#
+# One departure from the edition's code, as in the Linen chapter: the stem pools with
+# `d2l.max_pool` (Flax's max pool, or on a CPU while the Trainer traces its steps a stand-in
+# whose gradient XLA:CPU runs faster) instead of `nnx.max_pool`; the numbers are the same.
 
 
 # %%
@@ -47,7 +51,7 @@ class ResNet(d2l.Classifier):
             nnx.Conv(in_channels, 64, kernel_size=(7, 7), strides=(2, 2), padding="SAME", rngs=rngs),
             nnx.BatchNorm(64, rngs=rngs),
             nnx.relu,
-            lambda x: nnx.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME"),
+            lambda x: d2l.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME"),
         )
 
     def block(self, num_residuals, num_channels, in_channels, first_block=False, rngs=None):

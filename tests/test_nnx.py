@@ -242,3 +242,13 @@ def test_fashion_mnist_splits_can_be_assigned_as_the_recipes_section_does():
     trainer = d2l.Trainer(max_epochs=1, progress=False, plot=False)
     trainer.fit(d2l.SoftmaxRegression(num_outputs=10, lr=0.1, rngs=nnx.Rngs(0)), data)
     assert trainer.num_train_examples == 256 and trainer.num_val_examples == 64
+
+
+def test_after_fit_the_books_optimizer_holds_the_trained_optimizer_state():
+    trainer = fit(TinyNet(optimizer="adam"), max_epochs=1)
+    assert int(trainer.optim.step[...]) == int(trainer.state.step) == 8
+    mine = [v for v in leaves(nnx.state(trainer.optim, nnx.OptState)) if v.ndim]
+    trained = [v for v in leaves(trainer.state.opt_state) if v.ndim]
+    assert len(mine) == len(trained) > 0
+    for a, b in zip(mine, trained, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -34,6 +34,7 @@ from ..book import (  # the book's helpers and tensor aliases, shared with the c
     linspace,
     log,
     matmul,
+    max_pool,
     meshgrid,
     num_gpus,
     numpy,
@@ -107,5 +108,5 @@ reduce_sum argmax astype reduce_mean swapaxes repeat to numpy transpose sigmoid 
 __all__ = (
     BOOK
     + """Callback D2LiteError Functional ProgressLine Recipe Snapshot TrainingInterrupted chapter_args
-plot_predictions""".split()
+plot_predictions max_pool""".split()
 )

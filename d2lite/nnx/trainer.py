@@ -2,6 +2,8 @@
 what that edition's cells read (`trainer.optim`, `trainer.train_model`, `trainer.val_model`),
 and the reader's model holding the trained variables after `fit`, as NNX models do."""
 
+import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -36,6 +38,18 @@ class Trainer(core.Trainer):
         """Whether `fit_epoch` is the core's: then the trained variables are in `self.state`."""
         return type(self).fit_epoch is core.Trainer.fit_epoch
 
+    def write_back_optimizer(self, state):
+        """`optim` as the trained state has it (its step and, when the trees match, as without a
+        recipe, its optax state), so that a loop of the reader's own goes on from there."""
+        self.optim.step.set_value(state.step.astype(self.optim.step.get_value().dtype))
+        is_variable = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+        variables = jax.tree.leaves(self.optim.opt_state, is_leaf=is_variable)
+        trained = jax.tree.leaves(state.opt_state)
+        shapes = lambda leaves: [jnp.shape(x) for x in leaves]  # noqa: E731
+        if all(map(is_variable, variables)) and shapes(v.get_value() for v in variables) == shapes(trained):
+            for variable, value in zip(variables, trained, strict=True):
+                variable.set_value(value)
+
     def fit(self, model, data, key=None):
         try:
             super().fit(model, data, key)
@@ -44,5 +58,6 @@ class Trainer(core.Trainer):
             ours = isinstance(held, Functional) and held.model is model
             if ours and self.state is not None and self.own_loop():
                 self.model.write_back(self.state)
+                self.write_back_optimizer(self.state)
             if isinstance(getattr(model, "board", None), ProgressBoard):
                 model.board.flush()
