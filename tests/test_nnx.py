@@ -252,3 +252,70 @@ def test_after_fit_the_books_optimizer_holds_the_trained_optimizer_state():
     assert len(mine) == len(trained) > 0
     for a, b in zip(mine, trained, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+class ScratchBatchNorm(nnx.Module):
+    """A block with its own view hook, as the edition's BatchNorm from scratch: `set_view`
+    switches it, the Trainer's views must call it."""
+
+    def __init__(self, features):
+        self.deterministic = False
+        self.moving_mean = nnx.BatchStat(jnp.zeros(features))
+        self.scale = nnx.Param(jnp.ones(features))
+
+    def set_view(self, *, deterministic):
+        self.deterministic = deterministic
+
+    def __call__(self, X):
+        if self.deterministic:
+            return (X - self.moving_mean[...]) * self.scale
+        mean = X.mean(axis=0)
+        self.moving_mean[...] = 0.9 * self.moving_mean[...] + 0.1 * mean
+        return (X - mean) * self.scale
+
+
+def test_the_trainers_views_honour_a_blocks_own_view_hook():
+    class Net(d2l.Classifier):
+        def __init__(self, lr=0.1):
+            super().__init__()
+            self.save_hyperparameters()
+            rngs = nnx.Rngs(0)
+            flat = lambda x: x.reshape((x.shape[0], -1))  # noqa: E731
+            self.net = nnx.Sequential(
+                flat, nnx.Linear(64, 8, rngs=rngs), ScratchBatchNorm(8), nnx.Linear(8, 3, rngs=rngs)
+            )
+
+    model = Net()
+    trainer = fit(model, max_epochs=1)
+    norm = model.net.layers[2]
+    assert not norm.deterministic  # the reader's model is left in its own mode
+    assert (
+        trainer.val_model.net.layers[2].deterministic and not trainer.train_model.net.layers[2].deterministic
+    )
+    assert np.abs(norm.moving_mean[...]).max() > 0  # training steps updated the statistics
+    X = jnp.asarray(Blobs().X[:4, :, :, None])
+    expected = model.net.layers[3](
+        (model.net.layers[1](X.reshape(4, -1)) - norm.moving_mean[...]) * norm.scale
+    )
+    np.testing.assert_allclose(trainer.val_model(X), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_weight_decay_sections_mask_is_reproduced_and_its_fix_decays():
+    def trained_norm(wd, kernel):
+        class WeightDecay(d2l.LinearRegression):
+            def configure_optimizers(self):
+                mask = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: kernel(p), params)  # noqa: E731
+                return optax.chain(optax.masked(optax.add_decayed_weights(wd), mask), optax.sgd(self.lr))
+
+        model = WeightDecay(200, lr=0.01, rngs=nnx.Rngs(0))
+        data = d2l.SyntheticRegressionData(
+            w=jnp.full(200, 0.01), b=0.05, num_train=20, num_val=20, batch_size=5
+        )
+        d2l.Trainer(max_epochs=5, progress=False, plot=False).fit(model, data)
+        return float((model.get_w_b()[0] ** 2).sum())
+
+    books = lambda path: getattr(path[-1], "name", None) == "kernel"  # noqa: E731 (ends at the Variable's value)
+    fixed = lambda path: any(getattr(k, "key", None) == "kernel" for k in path)  # noqa: E731
+    # The data module shuffles its rows when the Trainer reads them, so runs differ slightly.
+    assert trained_norm(3, books) == pytest.approx(trained_norm(0, books), rel=0.03)  # never decays
+    assert trained_norm(3, fixed) < 0.9 * trained_norm(0, fixed)
