@@ -26,6 +26,9 @@ def models():
     chapters = {name: (model, size) for name, (model, size, _, _) in chapter_models().items()}
     chapters["googlenet"] = (googlenet.GoogleNet(lr=0.01, weight_init="he"), 96)  # the chapter's --init
     del chapters["softmax_regression"]  # no convolutions: not a CNN chapter
+    # An NNX model draws its parameters when it is built (from its own Rngs), not in the
+    # Trainer's set-up program: nothing of it is measured here.
+    del chapters["resnet_nnx"]
     return chapters
 
 
