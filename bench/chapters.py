@@ -15,8 +15,10 @@ import time
 os.environ["D2LITE_COMPILE_CACHE"] = "0"  # before d2lite is imported: it reads this then
 
 import jax  # noqa: E402
+from flax import nnx  # noqa: E402
 
 import d2lite as d2l  # noqa: E402
+from d2lite import nnx as nnx_face  # noqa: E402
 
 
 def chapter_models():
@@ -61,7 +63,8 @@ def main(names):
         data = d2l.FashionMNIST(
             batch_size=batch, resize=(size, size), num_train=batch * batches, num_val=batch
         )
-        trainer = d2l.Trainer(max_epochs=2, progress=False, plot=False)
+        face = nnx_face if isinstance(model, nnx.Module) else d2l  # the NNX chapter's Trainer is the face's
+        trainer = face.Trainer(max_epochs=2, progress=False, plot=False)
         started = time.perf_counter()
         trainer.fit(model, data)
         params = sum(p.size for p in jax.tree.leaves(trainer.state.params))
