@@ -302,6 +302,11 @@ class Trainer(HyperParameters):
         return Resident(self.place(train), self.place(val), self.place(mask), len(train[-1]), num_val)
 
     def prepare_model(self, model):
+        if not callable(getattr(model, "apply", None)):  # e.g. an NNX model handed to this face
+            raise D2LiteError(
+                f"{type(model).__name__} is not a Flax Linen module: an NNX model (the next edition's) "
+                "trains with `from d2lite import nnx as d2l` and its d2l.Trainer"
+            )
         model.trainer = self  # model.plot() reads the batch counters
         self.model, self.eval_model = model, for_evaluation(model)
         self.board = model.board

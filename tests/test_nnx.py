@@ -77,6 +77,10 @@ def test_the_face_has_the_next_editions_names_and_signatures():
     assert callable(d2l.ProgressBoard.flush)
     # The current edition's face is unchanged: Linen modules and the core Trainer.
     assert d2lite.Module is not d2l.Module and d2lite.Trainer is not d2l.Trainer
+    with pytest.raises(
+        d2lite.D2LiteError, match="TinyNet is not a Flax Linen module: .*from d2lite import nnx"
+    ):
+        d2lite.Trainer(max_epochs=1, progress=False).fit(TinyNet(), Blobs())
     assert "params" in inspect.signature(d2lite.Classifier.loss).parameters
 
 
