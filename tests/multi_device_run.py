@@ -11,8 +11,11 @@ import jax
 import numpy as np
 from compiles import count_compiles
 from conftest import Blobs, TinyCNN
+from flax import nnx
+from test_nnx import TinyNet
 
 import d2lite as d2l
+from d2lite import nnx as neu
 
 
 def fit(devices, steps_per_dispatch=1):
@@ -32,7 +35,17 @@ def fit(devices, steps_per_dispatch=1):
     return trainer, compiles
 
 
+def fit_nnx(devices):
+    """The next edition's face: an NNX model (BatchNorm, Dropout's Rngs) through the same step."""
+    trainer = neu.Trainer(max_epochs=2, devices=devices, steps_per_dispatch=3, progress=False, plot=False)
+    model = TinyNet()
+    trainer.fit(model, Blobs(num_train=256, num_val=70, batch_size=32))
+    return trainer, model
+
+
 if __name__ == "__main__":
+    nnx_one, _ = fit_nnx(jax.devices()[:1])
+    nnx_four, nnx_model = fit_nnx(jax.devices())
     one, _ = fit(jax.devices()[:1])
     four, compiles = fit(jax.devices(), steps_per_dispatch=3)
     params = jax.tree.leaves(four.state.params)
@@ -63,6 +76,19 @@ if __name__ == "__main__":
                 ),
                 "state_devices": sorted({len(leaf.sharding.device_set) for leaf in params}),
                 "compiles_per_epoch": compiles,
+                "nnx_one": nnx_one.history,
+                "nnx_four": nnx_four.history,
+                "nnx_state_devices": sorted(
+                    {len(leaf.sharding.device_set) for leaf in jax.tree.leaves(nnx_four.state.params)}
+                ),
+                "nnx_model_matches_the_state": all(  # the reader's model holds what the four trained
+                    np.allclose(np.asarray(a), np.asarray(b))
+                    for a, b in zip(
+                        jax.tree.leaves(nnx_four.state.params),
+                        jax.tree.leaves(nnx.state(nnx_model, nnx.Param)),
+                        strict=True,
+                    )
+                ),
                 "all_reduces": compiled.as_text().count("all-reduce("),  # partitioned: the devices sum up
             }
         )

@@ -45,6 +45,15 @@ def test_four_devices_train_like_one(four_device_run):
     assert result["one"][-1]["train_loss"] < 0.8 * result["one"][0]["train_loss"]
 
 
+def test_an_nnx_model_trains_on_four_devices_like_on_one(four_device_run):
+    result, _ = four_device_run
+    assert result["nnx_state_devices"] == [4]
+    for one, four in zip(result["nnx_one"], result["nnx_four"], strict=True):
+        for key in ("train_loss", "val_loss", "val_acc"):
+            assert four[key] == pytest.approx(one[key], rel=1e-4, abs=1e-5), key
+    assert result["nnx_model_matches_the_state"]
+
+
 def test_a_run_on_four_devices_resumes_exactly(four_device_run):
     result, _ = four_device_run
     assert len(result["resumed"]) == 3
