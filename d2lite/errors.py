@@ -37,15 +37,15 @@ def input_error(model, input_shape, problem):
     )
 
 
-def traced_error(model, input_shape, error):
-    """What to raise for `error`, raised while `model` was built or traced on inputs of
-    `input_shape`: the one-line input error when the inputs are the trouble (an empty shape, or
-    an image too small that a larger one cures), else the error itself, whose traceback shows
-    the model's own line (a typo in a layer is no input-size problem)."""
+def raise_traced(model, input_shape, error):
+    """Raise for `error`, raised while `model` was built or traced on inputs of `input_shape`:
+    the one-line input error when the inputs are the trouble (an empty shape, or an image too
+    small that a larger one cures), else the error itself, whose traceback shows the model's own
+    line (a typo in a layer is no input-size problem)."""
     shape = tuple(input_shape)
     if 0 in shape or smallest_image_size(model, shape):
-        return input_error(model, shape, error)
-    return error
+        raise input_error(model, shape, error) from error
+    raise error
 
 
 def smallest_image_size(model, shape, largest=1024):

@@ -21,7 +21,7 @@ import optax
 from flax import linen as nn
 
 from .board import ProgressBoard
-from .errors import input_error, traced_error
+from .errors import input_error, raise_traced
 from .hparams import HyperParameters
 
 _recorders = []  # one {(key, train): value} per step being traced, innermost last
@@ -212,10 +212,7 @@ class Classifier(Module):
         try:
             jax.eval_shape(trace, jax.ShapeDtypeStruct(tuple(X_shape), jnp.float32))
         except (TypeError, ValueError, ZeroDivisionError) as error:
-            raised = traced_error(model, X_shape, error)
-            if raised is error:
-                raise
-            raise raised from error
+            raise_traced(model, X_shape, error)
         for name, shape in summary:
             print(f"{name} output shape:\t {shape}")
             if 0 in shape:

@@ -31,7 +31,7 @@ from jax import lax
 
 from . import book
 from .data import Limited
-from .errors import D2LiteError, check_outputs, traced_error
+from .errors import D2LiteError, check_outputs, raise_traced
 from .hparams import HyperParameters
 from .module import Classifier, for_evaluation, recording_plots
 
@@ -341,10 +341,7 @@ class Trainer(HyperParameters):
             )
             outputs, intermediates = jax.eval_shape(lambda v, x: traced(v, *x), variables, inputs)
         except (TypeError, ValueError, ZeroDivisionError) as error:
-            raised = traced_error(self.eval_model, inputs[0].shape, error)
-            if raised is error:
-                raise  # the model's own error, with its line
-            raise raised from error
+            raise_traced(self.eval_model, inputs[0].shape, error)
         classifier = isinstance(self.model, Classifier)
         check_outputs(self.eval_model, self.data, inputs, outputs, intermediates, classifier)
         tx = _compose(self.transforms, "optimizer", self.model.configure_optimizers(), self)

@@ -21,7 +21,7 @@ from jax import lax
 
 from ..board import ProgressBoard
 from ..devices.cpu_kernels import conv_general_dilated_if_on
-from ..errors import traced_error
+from ..errors import raise_traced
 from ..hparams import HyperParameters
 from ..module import layer_name, plot_point, smoothed_cross_entropy
 
@@ -106,10 +106,7 @@ class Classifier(Module):
                 X = jax.eval_shape(layer, X)  # evaluation mode: nothing in the model changes
                 summary.append((layer_name(layer), X.shape))
         except (TypeError, ValueError, ZeroDivisionError) as error:
-            raised = traced_error(Functional(self, training=False), X_shape, error)
-            if raised is error:
-                raise
-            raise raised from error
+            raise_traced(Functional(self, training=False), X_shape, error)
         for name, shape in summary:
             print(f"{name} output shape:\t {shape}")
         return summary
